@@ -1,0 +1,26 @@
+# The README's two commands are `make demo` and `make test`; each bootstraps what it needs.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-all lint bench
+
+setup:
+	@./scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/riskstream demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-all: setup
+	$(BIN)/pytest -m ''
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench

@@ -1,0 +1,206 @@
+"""``riskstream``: the one command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from dataflows.settings import Settings, load_settings
+from operators.errors import ConfigError, RiskstreamError
+
+log = logging.getLogger("riskstream")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the pre-trade flow against the configured broker and Redis."""
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from dataflows.app import kafka_flow
+    from dataflows.kafka_io import ensure_topics
+    from dataflows.metrics_server import serve_metrics
+    from dataflows.redis_sink import check_redis
+
+    if not settings.brokers or settings.redis_url is None:
+        raise ConfigError(
+            "riskstream run needs RISKSTREAM_KAFKA_BOOTSTRAP and RISKSTREAM_REDIS_URL"
+            " (riskstream demo starts both locally)"
+        )
+    ensure_topics(settings, settings.topics.all())
+    check_redis(settings.redis_url.get_secret_value())
+    recovery = None
+    if args.recovery_dir is not None:
+        if not any(args.recovery_dir.glob("*.sqlite3")):
+            args.recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(args.recovery_dir, args.recovery_partitions)
+        recovery = RecoveryConfig(str(args.recovery_dir), timedelta(seconds=args.backup_interval))
+    serve_metrics(settings.metrics_port)
+    flow = kafka_flow(settings, from_end=args.from_end)
+    log.info("pre-trade flow starting on %s", settings.kafka_bootstrap)
+    try:
+        cli_main(
+            flow,
+            workers_per_process=args.workers,
+            process_id=args.process_id,
+            addresses=args.addresses.split(";") if args.addresses else None,
+            epoch_interval=timedelta(seconds=args.snapshot_interval),
+            recovery_config=recovery,
+        )
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+    log.info("pre-trade flow stopped")
+    return 0
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """True when Bytewax stopped because of Ctrl-C / SIGINT (it wraps KeyboardInterrupt)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """Print decisions from risk.scores as they arrive."""
+    from dataflows.app import codec_for
+    from dataflows.console import decision_line
+    from dataflows.kafka_io import check_broker, follow
+
+    check_broker(settings)
+    codec = codec_for(settings)
+    color = sys.stdout.isatty()
+    shown = 0
+    for _, value, _ in follow(settings, settings.topics.name("scores"), from_beginning=args.all):
+        if value is None:
+            continue
+        print(decision_line(codec.decode("RiskScore", value), color), flush=True)
+        shown += 1
+        if args.count and shown >= args.count:
+            return 0
+    return 0
+
+
+def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
+    """Sign a control command and publish it to risk.control."""
+    from dataflows.app import codec_for
+    from dataflows.control_cli import ACTIONS, signed_command
+    from dataflows.kafka_io import Publisher, check_broker
+
+    if args.action == "set-limit" and (args.limit is None or args.value is None):
+        raise ConfigError("set-limit needs --limit NAME and --value NUMBER")
+    command = signed_command(
+        settings,
+        ACTIONS[args.action],
+        args.scope.upper(),
+        args.target or "",
+        issuer=args.issuer,
+        reason=args.reason,
+        limit_name=args.limit,
+        limit_value=args.value,
+    )
+    check_broker(settings)
+    publisher = Publisher(settings, codec_for(settings))
+    publisher.send("control", "ControlCommand", command, command["target"] or "GLOBAL")
+    if publisher.flush():
+        raise RiskstreamError("the control command was not delivered; is the broker up?")
+    print(
+        f"sent {command['action']} {command['scope']} {command['target']} ({command['command_id']})"
+    )
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the pre-trade flow on the configured broker and Redis")
+    p.add_argument("-w", "--workers", type=_positive_int, default=1, help="worker threads")
+    p.add_argument("-i", "--process-id", type=int, default=None, help="this process's index")
+    p.add_argument("-a", "--addresses", default=None, help='all processes, "h1:p1;h2:p2"')
+    p.add_argument("--recovery-dir", type=Path, default=None, help="enable Bytewax recovery")
+    p.add_argument("--recovery-partitions", type=_positive_int, default=1)
+    p.add_argument("--snapshot-interval", type=_positive_float, default=5.0, help="seconds")
+    p.add_argument("--backup-interval", type=float, default=0.0, help="seconds")
+    p.add_argument("--from-end", action="store_true", help="ignore messages already on the topics")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_control(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("control", help="sign and send a control command")
+    p.add_argument("action", choices=["halt", "reduce-only", "resume", "set-limit"])
+    p.add_argument("--scope", choices=["global", "portfolio", "instrument"], default="global")
+    p.add_argument("--target", help="portfolio_id or instrument_id for a scoped command")
+    p.add_argument("--limit", help="set-limit: the limit name (e.g. max_order_notional)")
+    p.add_argument("--value", type=float, help="set-limit: the new value")
+    p.add_argument("--reason", default="", help="free text for the audit trail")
+    p.add_argument("--issuer", default="riskstream-cli")
+    p.set_defaults(func=cmd_control)
+
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="print decisions from risk.scores as they arrive")
+    p.add_argument("--all", action="store_true", help="start from the beginning of the topic")
+    p.add_argument("--count", type=_positive_int, default=None, help="stop after N decisions")
+    p.set_defaults(func=cmd_watch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from dataflows.demo import add_demo_parser
+    from dataflows.producer import add_produce_parser
+
+    parser = argparse.ArgumentParser(
+        prog="riskstream", description="Real-time pre-trade risk on Bytewax."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_parser(sub)
+    _add_run(sub)
+    add_produce_parser(sub)
+    _add_control(sub)
+    _add_watch(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse arguments, load settings, run the subcommand, report errors."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, load_settings())
+    except RiskstreamError as exc:
+        print(f"riskstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""``riskstream demo``: the whole system on one machine, with nothing configured.
+
+Starts (when not configured) an embedded broker and a redis-server, creates the topics,
+runs the pre-trade flow as a child process, streams a simulated market with proposals,
+fills approved trades, flips the kill switch once, and prints decisions as they arrive.
+Ctrl-C (or ``--duration``) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from dataflows.app import codec_for
+from dataflows.console import decision_line
+from dataflows.control_cli import signed_command
+from dataflows.embedded import EmbeddedBroker, EmbeddedRedis, die_with_parent
+from dataflows.kafka_io import Publisher, ensure_topics, follow
+from dataflows.producer import ProduceOptions, now_ns, produce
+from dataflows.settings import Settings
+from operators.errors import InfrastructureError
+
+SUMMARY_EVERY_S = 10.0
+
+
+@contextlib.contextmanager
+def infrastructure(settings: Settings) -> Iterator[Settings]:
+    """Settings pointing at running infrastructure, starting what is not configured."""
+    started: list[EmbeddedBroker | EmbeddedRedis] = []
+    overrides: dict[str, Any] = {}
+    try:
+        if not settings.brokers:
+            broker = EmbeddedBroker().start()
+            started.append(broker)
+            overrides["kafka_bootstrap"] = broker.bootstrap
+            print(f"started embedded Kafka-compatible broker on {broker.bootstrap}")
+        if settings.redis_url is None:
+            redis_server = EmbeddedRedis().start()
+            started.append(redis_server)
+            overrides["redis_url"] = redis_server.url
+            print(f"started redis-server on {redis_server.url}")
+        if not settings.control_keys:
+            overrides["control_keys"] = {"default": secrets.token_hex(32)}
+        yield settings.model_copy(update=_coerced(settings, overrides))
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def _coerced(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    # model_copy does not validate: build the typed values through a validated Settings.
+    fields = settings.model_dump() | overrides
+    typed = Settings.model_validate(_plain(fields))
+    return {k: getattr(typed, k) for k in overrides}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment that gives a child process these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
+    env["RUST_BACKTRACE"] = "0"  # Ctrl-C is a normal stop, not a crash to trace
+    for name, value in _plain(settings.model_dump()).items():
+        if value is None:
+            continue
+        text = json.dumps(value) if isinstance(value, dict) else str(value)
+        env[f"RISKSTREAM_{name.upper()}"] = text
+    return env
+
+
+def start_flow(settings: Settings) -> subprocess.Popen[bytes]:
+    """``riskstream run`` as a child that dies with this process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dataflows.cli", "run"],
+        env=child_env(settings),
+        preexec_fn=die_with_parent(),
+    )
+
+
+def stop_flow(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT, then SIGKILL if it does not stop within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Fills(threading.Thread):
+    """Fills approved and reduced trades (as a trading system would) so books move."""
+
+    def __init__(self, settings: Settings, seed: int, stop: threading.Event) -> None:
+        super().__init__(name="fills", daemon=True)
+        from models.simulator import MarketSimulator
+
+        self.settings, self.stop_event = settings, stop
+        self.sim = MarketSimulator(seed=seed, start_ns=now_ns() // 10**9 * 10**9)
+
+    def run(self) -> None:
+        codec = codec_for(self.settings)
+        pub = Publisher(self.settings, codec)
+        for _, value, _ in follow(self.settings, self.settings.topics.name("scores")):
+            if self.stop_event.is_set():
+                break
+            if value is None:
+                continue
+            r = codec.decode("RiskScore", value)
+            if r["allowed_quantity"] > 0:
+                order = {k: r[k] for k in ("proposal_id", "portfolio_id", "instrument_id", "side")}
+                order |= {
+                    "ts_event": max(r["ts_event"], self.sim.config.start_ns),
+                    "limit_price": None,
+                }
+                fill = self.sim.fill(order, quantity=r["allowed_quantity"])
+                pub.send("executions", "Execution", fill, fill["portfolio_id"])
+        pub.flush()
+
+
+class KillSwitchDrill(threading.Thread):
+    """Halts all trading at ``at_s`` and resumes ``for_s`` later, signed like an officer would."""
+
+    def __init__(
+        self, settings: Settings, stop: threading.Event, at_s: float, for_s: float
+    ) -> None:
+        super().__init__(name="kill-switch-drill", daemon=True)
+        self.settings, self.stop_event, self.at_s, self.for_s = settings, stop, at_s, for_s
+
+    def run(self) -> None:
+        pub = Publisher(self.settings, codec_for(self.settings))
+        for delay, action in ((self.at_s, "HALT"), (self.for_s, "RESUME")):
+            if self.stop_event.wait(delay):
+                return
+            cmd = signed_command(self.settings, action, issuer="demo", reason="kill-switch drill")
+            pub.send("control", "ControlCommand", cmd, "GLOBAL")
+            pub.flush()
+            print(f"\n>>> {action} GLOBAL sent (signed {cmd['command_id']})\n", flush=True)
+
+
+class Producer(threading.Thread):
+    """The simulated market and order flow."""
+
+    def __init__(self, settings: Settings, opts: ProduceOptions, stop: threading.Event) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.settings, self.opts, self.stop_event = settings, opts, stop
+        self.counts: dict[str, int] = {}
+
+    def run(self) -> None:
+        pub = Publisher(self.settings, codec_for(self.settings))
+        self.counts = produce(self.settings, pub, self.opts, self.stop_event)
+
+
+def show_decisions(
+    settings: Settings, stop: threading.Event, deadline: float | None
+) -> Counter[str]:
+    """Print each decision as it arrives, and a summary line every few seconds."""
+    codec = codec_for(settings)
+    color = sys.stdout.isatty()
+    seen: Counter[str] = Counter()
+    latencies: list[float] = []
+    next_summary = time.monotonic() + SUMMARY_EVERY_S
+    for _, value, _ in follow(settings, settings.topics.name("scores")):
+        now = time.monotonic()
+        if stop.is_set() or (deadline is not None and now >= deadline):
+            break
+        if value is not None:
+            r = codec.decode("RiskScore", value)
+            seen[r["decision"]] += 1
+            latencies.append(r["latency_us"])
+            print(decision_line(r, color), flush=True)
+        if now >= next_summary:
+            next_summary = now + SUMMARY_EVERY_S
+            print(summary_line(seen, latencies), flush=True)
+            latencies.clear()
+    return seen
+
+
+def summary_line(seen: Counter[str], latencies: list[float]) -> str:
+    """Counts by decision and the in-flow latency of the last interval."""
+    lat = sorted(latencies)
+    p50 = lat[len(lat) // 2] / 1e3 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3 if lat else float("nan")
+    counts = " ".join(f"{k}={seen[k]}" for k in ("APPROVE", "REDUCE", "REJECT"))
+    return f"--- decisions: {counts}; in-flow latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ---"
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the embedded default end to end until Ctrl-C or ``--duration``."""
+    opts = ProduceOptions(
+        "sim",
+        args.tick_rate,
+        args.proposal_rate,
+        args.portfolios,
+        args.seed,
+        None,
+        True,
+        bad_every=args.bad_every,
+    )
+    stop = threading.Event()
+    with infrastructure(settings) as live:
+        ensure_topics(live, live.topics.all())
+        flow = start_flow(live)
+        print(f"pre-trade flow started (pid {flow.pid}); metrics on :{live.metrics_port}")
+        threads = [Producer(live, opts, stop), Fills(live, args.seed, stop)]
+        if args.halt_at > 0:
+            threads.append(KillSwitchDrill(live, stop, args.halt_at, args.halt_for))
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + args.duration if args.duration else None
+        seen: Counter[str] = Counter()
+        try:
+            seen = show_decisions(live, stop, deadline)
+            if flow.poll() is not None:
+                raise InfrastructureError(f"the flow process exited with code {flow.returncode}")
+        except KeyboardInterrupt:
+            print("\nstopping ...", flush=True)
+        finally:
+            stop.set()
+            stop_flow(flow)
+            for t in threads:
+                t.join(5)
+        total = sum(seen.values())
+        print(f"demo finished: {total} decisions ({dict(seen)}); stopped everything it started.")
+    return 0
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``riskstream demo``."""
+    p = sub.add_parser("demo", help="run everything locally and print decisions live")
+    p.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    p.add_argument("--tick-rate", type=float, default=2000.0, help="ticks/s")
+    p.add_argument("--proposal-rate", type=float, default=10.0, help="proposals/s")
+    p.add_argument("--portfolios", type=int, default=4)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--halt-at", type=float, default=20.0, help="kill-switch drill after S (0: off)")
+    p.add_argument("--halt-for", type=float, default=5.0, help="seconds the drill halts for")
+    p.add_argument("--bad-every", type=int, default=200, help="every N-th proposal malformed")
+    p.set_defaults(func=cmd_demo)

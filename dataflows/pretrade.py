@@ -1,0 +1,102 @@
+"""The pre-trade dataflow: wiring only; the logic lives in ``operators``.
+
+Run it with ``riskstream run``, or ``python -m bytewax.run dataflows.pretrade:flow``
+(the flow is then built from ``RISKSTREAM_*`` settings when the attribute is read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from operators.config import EngineConfig
+from operators.ingest import ControlGateLogic, parse_batch
+from operators.instrument import InstrumentLogic
+from operators.portfolio import ShardLogic
+from operators.records import DeadLetterItem, Decided, StateWrite
+from operators.routing import instrument_key, is_control, is_inbound, only, to_shards
+from schemas.codec import Codec
+
+
+@dataclass(frozen=True)
+class PretradeSinks:
+    """Where the flow's three outputs go."""
+
+    scores: Sink[Decided]
+    dead_letters: Sink[DeadLetterItem]
+    state: Sink[StateWrite]
+
+
+def build_pretrade_flow(
+    source: Source[Any],
+    sinks: PretradeSinks,
+    config: EngineConfig,
+    codec: Codec,
+    input_kinds: dict[str, str],
+) -> Dataflow:
+    """Input messages (Kafka-like: topic, partition, offset, key, value) to decisions."""
+    flow = Dataflow("pretrade")
+    messages = op.input("input", flow, source)
+    parsed = op.flat_map_batch(
+        "parse", messages, partial(parse_batch, kinds=input_kinds, codec=codec)
+    )
+    decoded = op.branch("decoded", parsed, is_inbound)
+    kinds = op.branch("control_or_market", decoded.trues, is_control)
+
+    gate = op.stateful_batch(
+        "control_gate",
+        op.key_on("control_key", kinds.trues, lambda _: "control"),
+        lambda s: ControlGateLogic(config, s),
+    )
+    gated = op.branch("gate_ok", op.map("gate_values", gate, lambda kv: kv[1]), is_inbound)
+
+    by_instrument = op.stateful_batch(
+        "instrument",
+        op.key_on("instrument_key", kinds.falses, instrument_key),
+        lambda s: InstrumentLogic(config, s),
+    )
+    priced = op.map("instrument_values", by_instrument, lambda kv: kv[1])
+
+    shard_in = op.flat_map(
+        "to_shards",
+        op.merge("shard_inputs", priced, gated.trues),
+        partial(to_shards, config=config),
+    )
+    shard_out = op.map(
+        "shard_values",
+        op.stateful_batch("shard", shard_in, lambda s: ShardLogic(config, s)),
+        lambda kv: kv[1],
+    )
+
+    states = op.merge(
+        "state_writes",
+        op.filter_map("instrument_states", priced, only(StateWrite)),
+        op.filter_map("shard_states", shard_out, only(StateWrite)),
+    )
+    dead = op.merge(
+        "dead_letters",
+        cast("Stream[DeadLetterItem]", decoded.falses),
+        cast("Stream[DeadLetterItem]", gated.falses),
+        op.filter_map("instrument_dead", priced, only(DeadLetterItem)),
+        op.filter_map("shard_dead", shard_out, only(DeadLetterItem)),
+    )
+    op.output("scores_out", op.filter_map("decided", shard_out, only(Decided)), sinks.scores)
+    op.output("dlq_out", dead, sinks.dead_letters)
+    op.output("state_out", states, sinks.state)
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    """``dataflows.pretrade:flow`` for ``python -m bytewax.run``, built from settings on access."""
+    if name != "flow":
+        raise AttributeError(name)
+    from dataflows.app import kafka_flow
+    from dataflows.settings import load_settings
+
+    return kafka_flow(load_settings())

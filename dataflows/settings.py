@@ -1,0 +1,158 @@
+"""One typed settings object, read from ``RISKSTREAM_*`` environment variables.
+
+Nested values use ``__`` (``RISKSTREAM_LIMITS__CONCENTRATION=0.2``); dictionaries are
+JSON (``RISKSTREAM_KAFKA_CONFIG='{"security.protocol": "SASL_SSL"}'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from operators.config import NS, ControlKeys, EngineConfig, Limits
+from operators.errors import ConfigError
+
+INPUT_KINDS = {
+    "ticks": "MarketTick",
+    "instruments": "Instrument",
+    "proposals": "TradeProposal",
+    "executions": "Execution",
+    "control": "ControlCommand",
+}
+
+
+class Topics(BaseModel):
+    """Topic names; ``prefix`` namespaces all of them (replays, tests)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prefix: str = ""
+    ticks: str = "market.ticks"
+    instruments: str = "reference.instruments"
+    proposals: str = "trade.proposals"
+    executions: str = "trades.executed"
+    control: str = "risk.control"
+    scores: str = "risk.scores"
+    regimes: str = "market.regimes"
+    dlq: str = "risk.dlq"
+
+    def name(self, role: str) -> str:
+        """The full topic name of a role (``"ticks"``, ``"scores"``, ...)."""
+        return self.prefix + str(getattr(self, role))
+
+    def input_kinds(self) -> dict[str, str]:
+        """Input topic name -> record name."""
+        return {self.name(role): kind for role, kind in INPUT_KINDS.items()}
+
+    def all(self) -> list[str]:
+        """Every topic riskstream reads or writes."""
+        roles = [*INPUT_KINDS, "scores", "regimes", "dlq"]
+        return [self.name(role) for role in roles]
+
+
+class LimitSettings(BaseModel):
+    """Default per-portfolio limits (see operators.config.Limits)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concentration: float = Field(0.25, gt=0, le=1)
+    max_order_notional: float = Field(5_000_000.0, gt=0)
+    max_adv_share: float = Field(0.10, gt=0, le=1)
+    price_collar: float = Field(0.10, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable about riskstream, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RISKSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka_bootstrap: str | None = None
+    """host:port list; unset means the embedded broker (``demo`` only)."""
+    kafka_config: dict[str, SecretStr] = Field(default_factory=dict)
+    """librdkafka settings passed through to every client (TLS, SASL, ...)."""
+    redis_url: SecretStr | None = None
+    """redis:// or rediss:// URL; unset means an embedded redis-server (``demo`` only)."""
+    schema_registry_url: str | None = None
+    """Confluent Schema Registry URL; unset means Avro single-object encoding."""
+    schema_registry_config: dict[str, SecretStr] = Field(default_factory=dict)
+    topics: Topics = Field(default_factory=Topics)
+    topic_partitions: int = Field(4, ge=1)
+    redis_prefix: str = "riskstream:"
+    control_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """HMAC keys for control commands by key id (two during a rotation)."""
+    control_key_id: str = "default"
+    """Key id ``riskstream control`` signs with."""
+    control_max_age_s: float = Field(60.0, gt=0)
+    limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
+    portfolio_capital: float = Field(10_000_000.0, gt=0)
+    shards: int = Field(8, ge=1, le=4096)
+    bar_interval_s: float = Field(1.0, gt=0)
+    stale_after_s: float = Field(30.0, gt=0)
+    max_wait_ms: float = Field(250.0, ge=0)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    """Port of the Prometheus endpoint; 0 turns it off."""
+    batch_size: int = Field(1000, ge=1)
+    fetch_wait_max_ms: int = Field(20, ge=2)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for broker in value.split(","):
+            host, _, port = broker.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def brokers(self) -> list[str]:
+        """Bootstrap servers as a list (empty when unset)."""
+        return [b.strip() for b in (self.kafka_bootstrap or "").split(",") if b.strip()]
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """Librdkafka settings for every client: bootstrap plus the pass-through ones."""
+        conf = {k: v.get_secret_value() for k, v in self.kafka_config.items()}
+        conf["bootstrap.servers"] = ",".join(self.brokers)
+        return conf
+
+    def engine_config(self, *, wait_for_data: bool = False) -> EngineConfig:
+        """The pure operators' parameters."""
+        return EngineConfig(
+            limits=Limits(**self.limits.model_dump()),
+            control=ControlKeys(
+                {k: v.get_secret_value().encode() for k, v in self.control_keys.items()},
+                int(self.control_max_age_s * NS),
+            ),
+            portfolio_capital=self.portfolio_capital,
+            shards=self.shards,
+            bar_interval_ns=int(self.bar_interval_s * NS),
+            stale_after_ns=int(self.stale_after_s * NS),
+            max_wait_ns=int(self.max_wait_ms * 1e6),
+            wait_for_data=wait_for_data,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and overrides), or a ConfigError saying what to fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RISKSTREAM_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

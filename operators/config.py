@@ -1,0 +1,64 @@
+"""Typed, frozen parameters of the pure operators (built from Settings by the flow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-portfolio hard limits; ``SET_LIMIT`` control commands override single fields."""
+
+    concentration: float = 0.25
+    """Largest share of portfolio value in one instrument after the trade."""
+    max_order_notional: float = 5_000_000.0
+    """Largest notional of one order, in currency."""
+    max_adv_share: float = 0.10
+    """Largest order quantity as a share of the instrument's average daily volume."""
+    price_collar: float = 0.10
+    """Largest relative distance of a limit price from the last trade (fat-finger check)."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Names a ``SET_LIMIT`` command may change."""
+        return tuple(f.name for f in fields(cls))
+
+    def with_value(self, name: str, value: float) -> Limits:
+        """A copy with one limit changed."""
+        return replace(self, **{name: float(value)})
+
+
+@dataclass(frozen=True)
+class ControlKeys:
+    """HMAC keys by key id; two ids may be valid at once during a key rotation."""
+
+    keys: dict[str, bytes] = field(default_factory=dict)
+    max_age_ns: int = 60 * NS
+    """Largest distance between a command's ts_event and its Kafka timestamp."""
+
+    def __repr__(self) -> str:
+        return f"ControlKeys(key_ids={sorted(self.keys)}, max_age_ns={self.max_age_ns})"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the pre-trade operators need; no I/O, no environment."""
+
+    limits: Limits = field(default_factory=Limits)
+    control: ControlKeys = field(default_factory=ControlKeys)
+    portfolio_capital: float = 10_000_000.0
+    """Cash of a portfolio before its first execution."""
+    shards: int = 8
+    """Number of portfolio shard keys (control commands and marks go to each)."""
+    ewma_lambda: float = 0.94
+    bar_interval_ns: int = 1 * NS
+    stale_after_ns: int = 30 * NS
+    """Market data older than this at a proposal's ts_event gives STALE_MARKET_DATA."""
+    max_wait_ns: int = 250_000_000
+    """Live runs: how long (wall clock) a proposal waits for ticks up to its ts_event."""
+    wait_for_data: bool = False
+    """Replays: wait for data (never for the wall clock) before deciding."""
+    var_confidence_z: float = 1.6448536269514722
+    """z of the one-sided VaR confidence (95%)."""

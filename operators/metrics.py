@@ -1,0 +1,19 @@
+"""Prometheus metrics of the pre-trade flow (served by ``riskstream run`` and ``demo``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter("riskstream_messages_total", "Input messages consumed, by topic.", ["topic"])
+DECISIONS = Counter("riskstream_decisions_total", "Decisions published, by outcome.", ["decision"])
+REASONS = Counter("riskstream_decision_reasons_total", "Reasons that fired, by code.", ["code"])
+DEAD_LETTERS = Counter("riskstream_dlq_total", "Records sent to the dead-letter topic.", ["reason"])
+DECISION_LATENCY = Histogram(
+    "riskstream_decision_latency_seconds",
+    "Wall-clock time from consuming a proposal to handing its RiskScore to the producer.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+STATE_WRITE_FAILURES = Counter(
+    "riskstream_redis_write_failures_total", "Redis state writes that failed (retried later)."
+)
+STATE_WRITES = Counter("riskstream_redis_writes_total", "Redis state keys written.")

@@ -1,0 +1,105 @@
+"""Items that travel between steps of the pre-trade flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input record came from."""
+
+    topic: str
+    partition: int = -1
+    offset: int = -1
+    timestamp_ns: int = 0
+    """Kafka record timestamp (producer or broker time), 0 when unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A decoded, validated input record."""
+
+    kind: str
+    """Record name: MarketTick, Instrument, TradeProposal, Execution or ControlCommand."""
+    record: Record
+    source: Source
+    received_ns: int = 0
+    """Wall-clock time the flow consumed it (latency only, never decisions)."""
+    key: bytes | None = None
+    raw: bytes | None = None
+    """The original bytes, kept for the dead-letter topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterItem:
+    """An input the flow could not use, bound for the dead-letter topic."""
+
+    record: Record
+    """A DeadLetter record (see schemas/DeadLetter.avsc)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """An instrument's state as of a proposal's ts_event."""
+
+    instrument: Record | None
+    ts_last: int | None = None
+    """ts_event of the last tick at or before the proposal."""
+    last: float | None = None
+    bid: float | None = None
+    ask: float | None = None
+    features: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PricedProposal:
+    """A proposal joined with its instrument's market state, bound for its shard."""
+
+    proposal: Record
+    market: MarketView
+    source: Source
+    received_ns: int
+    stale: bool = False
+    key: bytes | None = None
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """An instrument's price and volatility at a bar close, broadcast to every shard."""
+
+    instrument_id: str
+    ts_event: int
+    price: float
+    unit_value: float
+    """Cash value of one unit per unit of price (face_value)."""
+    daily_vol: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A Redis hash write guarded by event time: applied only if not older than the stored one."""
+
+    key: str
+    ts_event: int
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A RiskScore record and the wall-clock time the proposal was consumed."""
+
+    record: Record
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedExecution:
+    """An execution with its instrument's unit value, bound for its portfolio's shard."""
+
+    record: Record
+    unit_value: float

@@ -1,0 +1,68 @@
+"""Keys and routes between the steps of the pre-trade flow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeGuard, TypeVar
+
+from operators import metrics
+from operators.config import EngineConfig
+from operators.portfolio import ShardIn, all_shard_keys, shard_key
+from operators.records import (
+    DeadLetterItem,
+    Decided,
+    Inbound,
+    Mark,
+    PricedExecution,
+    PricedProposal,
+)
+
+
+def is_inbound(item: object) -> TypeGuard[Inbound]:
+    """True for decoded records, False for dead letters."""
+    return isinstance(item, Inbound)
+
+
+def is_control(item: Inbound) -> bool:
+    """True for control commands (they go through the gate, then to every shard)."""
+    return item.kind == "ControlCommand"
+
+
+def instrument_key(item: Inbound) -> str:
+    """Ticks, reference data, proposals and executions meet at their instrument."""
+    return str(item.record["instrument_id"])
+
+
+T = TypeVar("T")
+
+
+def only(kind: type[T]) -> Callable[[object], T | None]:
+    """A filter_map function keeping the items of one type."""
+    return lambda item: item if isinstance(item, kind) else None
+
+
+def to_shards(item: object, config: EngineConfig) -> list[tuple[str, ShardIn]]:
+    """Proposals and executions to their portfolio's shard; marks and controls to all."""
+    if isinstance(item, PricedProposal):
+        return [(shard_key(item.proposal["portfolio_id"], config.shards), item)]
+    if isinstance(item, PricedExecution):
+        return [(shard_key(item.record["portfolio_id"], config.shards), item)]
+    if isinstance(item, Mark) or (isinstance(item, Inbound) and is_control(item)):
+        return [(key, item) for key in all_shard_keys(config.shards)]
+    return []
+
+
+def count_decisions(items: list[Decided]) -> None:
+    """Decision metrics, counted once per produced batch."""
+    for d in items:
+        r = d.record
+        metrics.DECISIONS.labels(r["decision"]).inc()
+        for reason in r["reasons"]:
+            metrics.REASONS.labels(reason["code"]).inc()
+        metrics.DECISION_LATENCY.observe(r["latency_us"] / 1e6)
+
+
+def count_dead_letters(items: list[DeadLetterItem]) -> None:
+    """Dead-letter metrics by reason code."""
+    for d in items:
+        metrics.DEAD_LETTERS.labels(d.record["error_code"]).inc()
