@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from bytewax.dataflow import Dataflow
 
-from dataflows.kafka_io import RecordSink, kafka_source, producer_config
+from dataflows.kafka_io import RecordSink, StoppableSource, kafka_source, producer_config
 from dataflows.pretrade import PretradeSinks, build_pretrade_flow
 from dataflows.redis_sink import RedisStateSink
 from dataflows.settings import Settings
@@ -30,9 +32,17 @@ def _letter_key(d: DeadLetterItem) -> bytes | None:
 
 
 def kafka_flow(
-    settings: Settings, *, from_end: bool = False, tail: bool = True, wait_for_data: bool = False
+    settings: Settings,
+    *,
+    from_end: bool = False,
+    tail: bool = True,
+    wait_for_data: bool = False,
+    stop: threading.Event | None = None,
 ) -> Dataflow:
-    """The pre-trade flow reading and writing the configured topics and Redis."""
+    """The pre-trade flow reading and writing the configured topics and Redis.
+
+    Setting ``stop`` ends the input, and the flow finishes after flushing its sinks.
+    """
     if not settings.brokers:
         raise ConfigError("RISKSTREAM_KAFKA_BOOTSTRAP is not set (riskstream demo starts a broker)")
     if settings.redis_url is None:
@@ -61,8 +71,9 @@ def kafka_flow(
         ),
         state=RedisStateSink(settings.redis_url.get_secret_value(), settings.redis_prefix),
     )
+    source = kafka_source(settings, from_end=from_end, tail=tail)
     return build_pretrade_flow(
-        kafka_source(settings, from_end=from_end, tail=tail),
+        source if stop is None else StoppableSource(source, stop),
         sinks,
         settings.engine_config(wait_for_data=wait_for_data),
         codec,

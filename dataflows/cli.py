@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -58,8 +60,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             args.recovery_dir.mkdir(parents=True, exist_ok=True)
             init_db_dir(args.recovery_dir, args.recovery_partitions)
         recovery = RecoveryConfig(str(args.recovery_dir), timedelta(seconds=args.backup_interval))
-    serve_metrics(settings.metrics_port)
-    flow = kafka_flow(settings, from_end=args.from_end)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    stop = threading.Event()
+    flow = kafka_flow(settings, from_end=args.from_end, stop=stop)
+    _stop_on_signals(stop)
     log.info("pre-trade flow starting on %s", settings.kafka_bootstrap)
     try:
         cli_main(
@@ -75,6 +79,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise
     log.info("pre-trade flow stopped")
     return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT / SIGTERM end the input gracefully; a second SIGINT interrupts at once."""
+
+    def graceful(signum: int, _frame: object) -> None:
+        log.info("stopping (signal %d): finishing the current batch and flushing outputs", signum)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, graceful)
+    signal.signal(signal.SIGTERM, graceful)
 
 
 def _interrupted(exc: BaseException | None) -> bool:

@@ -52,6 +52,8 @@ def infrastructure(settings: Settings) -> Iterator[Settings]:
             print(f"started redis-server on {redis_server.url}")
         if not settings.control_keys:
             overrides["control_keys"] = {"default": secrets.token_hex(32)}
+        if settings.bars_per_day is None:
+            overrides["bars_per_day"] = 1.0  # the simulator compresses a trading day into a bar
         yield settings.model_copy(update=_coerced(settings, overrides))
     finally:
         for server in reversed(started):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
 
 from bytewax.connectors.kafka import KafkaSource
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -209,3 +212,45 @@ class Publisher:
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for delivery; the number of messages still undelivered."""
         return int(self.producer.flush(timeout))
+
+
+class _StoppablePartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+
+    def next_batch(self) -> list[Any]:
+        if self._stop.is_set():
+            raise StopIteration
+        return cast(list[Any], self._inner.next_batch())
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class StoppableSource(FixedPartitionedSource[Any, Any]):
+    """A source whose partitions end when ``stop`` is set, so the flow finishes cleanly.
+
+    Ending the input (rather than interrupting Bytewax) lets every step see EOF and every
+    sink flush: the graceful stop for SIGINT / SIGTERM.
+    """
+
+    def __init__(self, inner: FixedPartitionedSource[Any, Any], stop: threading.Event) -> None:
+        self.inner = inner
+        self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any | None
+    ) -> _StoppablePartition:
+        return _StoppablePartition(
+            self.inner.build_part(step_id, for_part, resume_state), self.stop
+        )

@@ -91,10 +91,14 @@ class Settings(BaseSettings):
     portfolio_capital: float = Field(10_000_000.0, gt=0)
     shards: int = Field(8, ge=1, le=4096)
     bar_interval_s: float = Field(1.0, gt=0)
+    bars_per_day: float | None = Field(None, gt=0)
+    """Bars in one trading day for daily volatility; unset: 6.5 hours of bars."""
     stale_after_s: float = Field(30.0, gt=0)
     max_wait_ms: float = Field(250.0, ge=0)
     metrics_port: int = Field(9464, ge=0, le=65535)
     """Port of the Prometheus endpoint; 0 turns it off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds (0.0.0.0 in containers)."""
     batch_size: int = Field(1000, ge=1)
     fetch_wait_max_ms: int = Field(20, ge=2)
 
@@ -140,6 +144,7 @@ class Settings(BaseSettings):
             portfolio_capital=self.portfolio_capital,
             shards=self.shards,
             bar_interval_ns=int(self.bar_interval_s * NS),
+            bars_per_day=self.bars_per_day,
             stale_after_ns=int(self.stale_after_s * NS),
             max_wait_ns=int(self.max_wait_ms * 1e6),
             wait_for_data=wait_for_data,

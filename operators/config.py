@@ -54,6 +54,8 @@ class EngineConfig:
     """Number of portfolio shard keys (control commands and marks go to each)."""
     ewma_lambda: float = 0.94
     bar_interval_ns: int = 1 * NS
+    bars_per_day: float | None = None
+    """Bars in one trading day; None: 6.5 hours of bars (a simulator may compress a day)."""
     stale_after_ns: int = 30 * NS
     """Market data older than this at a proposal's ts_event gives STALE_MARKET_DATA."""
     max_wait_ns: int = 250_000_000

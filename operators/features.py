@@ -16,6 +16,8 @@ class BarFeatures:
 
     interval_ns: int
     ewma_lambda: float = 0.94
+    day_bars: float | None = None
+    """Bars in one trading day; None: 6.5 hours of bars (at least 1)."""
     bar_index: int | None = None
     open: float = math.nan
     high: float = math.nan
@@ -29,7 +31,9 @@ class BarFeatures:
 
     @property
     def bars_per_day(self) -> float:
-        """Bars in a trading day of 6.5 hours (at least 1: daily bars)."""
+        """Bars in one trading day (daily volatility = bar volatility x sqrt of this)."""
+        if self.day_bars is not None:
+            return self.day_bars
         return max(1.0, 6.5 * 3600e9 / self.interval_ns)
 
     def on_tick(self, ts: int, last: float, size: float) -> dict[str, float] | None:

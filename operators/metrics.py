@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter("riskstream_messages_total", "Input messages consumed, by topic.", ["topic"])
 DECISIONS = Counter("riskstream_decisions_total", "Decisions published, by outcome.", ["decision"])
@@ -17,3 +17,8 @@ STATE_WRITE_FAILURES = Counter(
     "riskstream_redis_write_failures_total", "Redis state writes that failed (retried later)."
 )
 STATE_WRITES = Counter("riskstream_redis_writes_total", "Redis state keys written.")
+TRADING_STATE = Gauge(
+    "riskstream_trading_state",
+    "Latest trading state by scope: 0 ACTIVE, 1 REDUCE_ONLY, 2 HALTED.",
+    ["scope", "target"],
+)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators import metrics
 from operators.checks import STATE_ORDER
 from operators.config import EngineConfig, Limits
 from operators.deadletter import dead_letter
@@ -247,7 +248,9 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
             log.add(c["ts_event"], c["command_id"], c["limit_value"])
             return []
         state = ACTION_STATE[c["action"]]
-        self.state.states.setdefault(scope, TimeLog()).add(c["ts_event"], c["command_id"], state)
+        log = self.state.states.setdefault(scope, TimeLog())
+        log.add(c["ts_event"], c["command_id"], state)
+        metrics.TRADING_STATE.labels(*scope).set(STATE_ORDER[str(log.values[-1])])
         fields = {"state": state, "command_id": c["command_id"], "issuer": c["issuer"]}
         return [StateWrite(f"trading_state:{scope[0]}:{scope[1]}", c["ts_event"], fields)]
 

@@ -125,3 +125,33 @@ def test_flood_of_malformed_records_when_mixed_with_good_loses_nothing(settings)
     assert {s["proposal_id"] for s in scores} == {f"good-{i}" for i in range(200)}
     letters = consume(settings, "dlq", "DeadLetter", 1000)
     assert sorted(int(x["payload"].split(b"-")[1]) for x in letters) == list(range(1000))
+
+
+def test_foreign_client_when_reading_scores_needs_only_the_avsc(settings):
+    """As the README shows: confluent-kafka, fastavro and schemas/RiskScore.avsc only."""
+    import io
+    import json as json_
+    from pathlib import Path
+
+    import fastavro
+    from confluent_kafka import Consumer, TopicPartition
+
+    publish(settings, market(3))
+    publish(settings, [("TradeProposal", proposal(proposal_id="foreign", ts_event=T0 + SECOND))])
+    run_to_end(settings)
+
+    schema = fastavro.parse_schema(json_.loads(Path("schemas/RiskScore.avsc").read_text()))
+    topic = settings.topics.name("scores")
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "foreign"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
+    records = []
+    for _ in range(50):
+        for msg in consumer.consume(10, 0.2):
+            value = msg.value()
+            assert value[:2] == b"\xc3\x01"  # Avro single-object encoding
+            records.append(fastavro.schemaless_reader(io.BytesIO(value[10:]), schema))
+        if records:
+            break
+    consumer.close()
+    assert [r["proposal_id"] for r in records] == ["foreign"]
+    assert records[0]["decision"] == "APPROVE"
