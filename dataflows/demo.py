@@ -155,6 +155,23 @@ class KillSwitchDrill(threading.Thread):
             print(f"\n>>> {action} GLOBAL sent (signed {cmd['command_id']})\n", flush=True)
 
 
+class DeadLetterCounter(threading.Thread):
+    """Counts dead letters by reason code, for the summary lines."""
+
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        super().__init__(name="dlq-counter", daemon=True)
+        self.settings, self.stop_event = settings, stop
+        self.counts: Counter[str] = Counter()
+
+    def run(self) -> None:
+        codec = codec_for(self.settings)
+        for _, value, _ in follow(self.settings, self.settings.topics.name("dlq")):
+            if self.stop_event.is_set():
+                return
+            if value is not None:
+                self.counts[codec.decode("DeadLetter", value)["error_code"]] += 1
+
+
 class Producer(threading.Thread):
     """The simulated market and order flow."""
 
@@ -169,7 +186,7 @@ class Producer(threading.Thread):
 
 
 def show_decisions(
-    settings: Settings, stop: threading.Event, deadline: float | None
+    settings: Settings, stop: threading.Event, deadline: float | None, dead: Counter[str]
 ) -> Counter[str]:
     """Print each decision as it arrives, and a summary line every few seconds."""
     codec = codec_for(settings)
@@ -188,18 +205,22 @@ def show_decisions(
             print(decision_line(r, color), flush=True)
         if now >= next_summary:
             next_summary = now + SUMMARY_EVERY_S
-            print(summary_line(seen, latencies), flush=True)
+            print(summary_line(seen, latencies, dead), flush=True)
             latencies.clear()
     return seen
 
 
-def summary_line(seen: Counter[str], latencies: list[float]) -> str:
-    """Counts by decision and the in-flow latency of the last interval."""
+def summary_line(seen: Counter[str], latencies: list[float], dead: Counter[str]) -> str:
+    """Counts by decision, dead letters by reason, and the last interval's in-flow latency."""
     lat = sorted(latencies)
     p50 = lat[len(lat) // 2] / 1e3 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3 if lat else float("nan")
     counts = " ".join(f"{k}={seen[k]}" for k in ("APPROVE", "REDUCE", "REJECT"))
-    return f"--- decisions: {counts}; in-flow latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ---"
+    letters = ", ".join(f"{k} {n}" for k, n in sorted(dead.items())) or "none"
+    return (
+        f"--- decisions: {counts}; dead letters: {letters};"
+        f" in-flow latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ---"
+    )
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,7 +240,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ensure_topics(live, live.topics.all())
         flow = start_flow(live)
         print(f"pre-trade flow started (pid {flow.pid}); metrics on :{live.metrics_port}")
-        threads = [Producer(live, opts, stop), Fills(live, args.seed, stop)]
+        dead = DeadLetterCounter(live, stop)
+        threads = [Producer(live, opts, stop), Fills(live, args.seed, stop), dead]
         if args.halt_at > 0:
             threads.append(KillSwitchDrill(live, stop, args.halt_at, args.halt_for))
         for t in threads:
@@ -227,7 +249,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         deadline = time.monotonic() + args.duration if args.duration else None
         seen: Counter[str] = Counter()
         try:
-            seen = show_decisions(live, stop, deadline)
+            seen = show_decisions(live, stop, deadline, dead.counts)
             if flow.poll() is not None:
                 raise InfrastructureError(f"the flow process exited with code {flow.returncode}")
         except KeyboardInterrupt:
@@ -238,7 +260,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             for t in threads:
                 t.join(5)
         total = sum(seen.values())
-        print(f"demo finished: {total} decisions ({dict(seen)}); stopped everything it started.")
+        print(
+            f"demo finished: {total} decisions ({dict(seen)}), dead letters {dict(dead.counts)};"
+            " stopped everything it started."
+        )
     return 0
 
 

@@ -135,9 +135,7 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
     def __init__(self, config: EngineConfig, state: InstrumentState | None) -> None:
         self.config = config
         self.state = state or InstrumentState(
-            BarFeatures(
-            config.bar_interval_ns, config.ewma_lambda, config.bars_per_day
-        )
+            BarFeatures(config.bar_interval_ns, config.ewma_lambda, config.bars_per_day)
         )
 
     def on_batch(self, values: list[Inbound]) -> tuple[Iterable[InstrumentOut], bool]:

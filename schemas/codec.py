@@ -240,4 +240,5 @@ def make_codec(registry_url: str | None, registry_config: Mapping[str, str] | No
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     conf = {"url": registry_url, **(registry_config or {})}
-    return RegistryCodec(SchemaRegistryClient(conf))
+    # new_client gives the in-memory registry for mock:// URLs, a real client otherwise.
+    return RegistryCodec(SchemaRegistryClient.new_client(conf))

@@ -83,8 +83,17 @@ def test_control_without_key_when_sent_says_how_to_configure(settings):
 
 
 def test_control_halt_when_sent_reaches_the_topic_signed(settings):
-    proc, _ = run_cli("control", "halt", "--scope", "portfolio", "--target", "PF-9",
-                      "--reason", "drill", env=env_of(settings))
+    proc, _ = run_cli(
+        "control",
+        "halt",
+        "--scope",
+        "portfolio",
+        "--target",
+        "PF-9",
+        "--reason",
+        "drill",
+        env=env_of(settings),
+    )
     assert proc.returncode == 0, proc.stderr
     [cmd] = consume(settings, "control", "ControlCommand", 1)
     assert (cmd["action"], cmd["scope"], cmd["target"]) == ("HALT", "PORTFOLIO", "PF-9")
@@ -92,8 +101,16 @@ def test_control_halt_when_sent_reaches_the_topic_signed(settings):
 
 
 def test_produce_when_sim_publishes_all_kinds(settings):
-    proc, _ = run_cli("produce", "--duration", "2", "--max-speed", "--proposal-rate", "50",
-                      env=env_of(settings), timeout=60)
+    proc, _ = run_cli(
+        "produce",
+        "--duration",
+        "2",
+        "--max-speed",
+        "--proposal-rate",
+        "50",
+        env=env_of(settings),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Instrument" in proc.stdout and "MarketTick" in proc.stdout
     assert "TradeProposal" in proc.stdout and "Execution" in proc.stdout

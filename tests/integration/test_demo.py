@@ -39,9 +39,25 @@ def children_of_ports(output: str) -> list[int]:
 def test_demo_when_run_for_a_while_streams_decisions_and_cleans_up():
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "dataflows.cli", "demo", "--duration", "25", "--halt-at", "10",
-         "--halt-for", "4", "--proposal-rate", "10"],
-        env=demo_env(), capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dataflows.cli",
+            "demo",
+            "--duration",
+            "25",
+            "--halt-at",
+            "10",
+            "--halt-for",
+            "4",
+            "--proposal-rate",
+            "10",
+        ],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -57,7 +73,10 @@ def test_demo_when_run_for_a_while_streams_decisions_and_cleans_up():
 def test_demo_when_interrupted_stops_everything_it_started():
     proc = subprocess.Popen(
         [sys.executable, "-m", "dataflows.cli", "demo", "--halt-at", "0"],
-        env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first_decision_after = None
     seen: list[str] = []

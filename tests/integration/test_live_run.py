@@ -64,3 +64,40 @@ def test_forged_halt_when_live_changes_nothing(settings, live_flow):
     assert letter["error_code"] == "BAD_SIGNATURE"
     publish(settings, [("TradeProposal", proposal(proposal_id="p", ts_event=now_ns()))])
     assert consume(settings, "scores", "RiskScore", 1)[0]["decision"] == "APPROVE"
+
+
+def test_metrics_when_running_count_messages_decisions_and_dead_letters(settings):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from dataflows.embedded import free_port
+    from tests.integration.conftest import env_of
+
+    port = free_port()
+    env = env_of(settings) | {"RISKSTREAM_METRICS_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "dataflows.cli", "run"], env=env)
+    try:
+        live_market(settings)
+        publish(
+            settings, [("TradeProposal", b"junk"), ("TradeProposal", proposal(ts_event=now_ns()))]
+        )
+        consume(settings, "scores", "RiskScore", 1)
+        consume(settings, "dlq", "DeadLetter", 1)
+        deadline = time.monotonic() + 10
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            if (
+                'riskstream_dlq_total{reason="BAD_MAGIC"} 1.0' in text
+                or time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    proposals = settings.topics.name("proposals")
+    assert f'riskstream_messages_total{{topic="{proposals}"}} 2.0' in text
+    assert 'riskstream_decisions_total{decision="APPROVE"} 1.0' in text
+    assert 'riskstream_dlq_total{reason="BAD_MAGIC"} 1.0' in text
+    assert "riskstream_decision_latency_seconds_count 1.0" in text
