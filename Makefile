@@ -10,13 +10,15 @@ setup:
 demo: setup
 	$(BIN)/riskstream demo
 
-test: setup
+test:
+	@./scripts/bootstrap.sh --test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-all: setup
+test-all:
+	@./scripts/bootstrap.sh --test
 	$(BIN)/pytest -m ''
 
 lint: setup

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from bytewax.dataflow import Dataflow
 
-from dataflows.kafka_io import RecordSink, StoppableSource, kafka_source, producer_config
+from dataflows.kafka_io import RecordSink, StoppableSource, consumer_config, producer_config
+from dataflows.kafka_source import RiskSource, list_partitions
 from dataflows.pretrade import PretradeSinks, build_pretrade_flow
 from dataflows.redis_sink import RedisStateSink
 from dataflows.settings import Settings
@@ -19,7 +21,8 @@ from schemas.codec import Codec, make_codec
 def codec_for(settings: Settings) -> Codec:
     """Registry framing when a registry URL is set, else single-object encoding."""
     conf = {k: v.get_secret_value() for k, v in settings.schema_registry_config.items()}
-    return make_codec(settings.schema_registry_url, conf)
+    url = settings.schema_registry_url
+    return make_codec(url.get_secret_value() if url else None, conf)
 
 
 def _score_key(d: Decided) -> bytes:
@@ -71,11 +74,20 @@ def kafka_flow(
         ),
         state=RedisStateSink(settings.redis_url.get_secret_value(), settings.redis_prefix),
     )
-    source = kafka_source(settings, from_end=from_end, tail=tail)
+    consumer = consumer_config(settings)
+    fenced = [topics.name("control"), topics.name("executions")]
+    config = replace(
+        settings.engine_config(wait_for_data=wait_for_data),
+        fence=tuple(list_partitions(consumer, fenced)),
+    )
+    source = RiskSource(
+        consumer, list(topics.input_kinds()), from_end=from_end, tail=tail,
+        batch_size=settings.batch_size,
+    )  # fmt: skip
     return build_pretrade_flow(
         source if stop is None else StoppableSource(source, stop),
         sinks,
-        settings.engine_config(wait_for_data=wait_for_data),
+        config,
         codec,
         topics.input_kinds(),
     )

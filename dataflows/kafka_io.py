@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
-from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
@@ -80,18 +79,6 @@ def ensure_topics(settings: Settings, topics: Iterable[str], timeout: float = 10
             return
         time.sleep(0.1)
     raise InfrastructureError(f"topics {missing} did not appear within {timeout:g}s")
-
-
-def kafka_source(settings: Settings, *, from_end: bool = False, tail: bool = True) -> KafkaSource:
-    """One source over every input topic (assign-based: offsets live in recovery snapshots)."""
-    return KafkaSource(
-        settings.brokers,
-        list(settings.topics.input_kinds()),
-        tail=tail,
-        starting_offset=OFFSET_END if from_end else OFFSET_BEGINNING,
-        add_config={k: str(v) for k, v in consumer_config(settings).items()},
-        batch_size=settings.batch_size,
-    )
 
 
 class _RecordSinkPartition(StatelessSinkPartition[T]):

@@ -19,8 +19,16 @@ from operators.config import EngineConfig
 from operators.ingest import ControlGateLogic, parse_batch
 from operators.instrument import InstrumentLogic
 from operators.portfolio import ShardLogic
-from operators.records import DeadLetterItem, Decided, StateWrite
-from operators.routing import instrument_key, is_control, is_inbound, only, to_shards
+from operators.records import DeadLetterItem, Decided, Inbound, StateWrite
+from operators.routing import (
+    instrument_key,
+    is_control_lane,
+    is_decoded,
+    is_execution_lane,
+    is_reference,
+    only,
+    to_shards,
+)
 from schemas.codec import Codec
 
 
@@ -43,31 +51,34 @@ def build_pretrade_flow(
     """Input messages (Kafka-like: topic, partition, offset, key, value) to decisions."""
     flow = Dataflow("pretrade")
     messages = op.input("input", flow, source)
-    parsed = op.flat_map_batch(
-        "parse", messages, partial(parse_batch, kinds=input_kinds, codec=codec)
-    )
-    decoded = op.branch("decoded", parsed, is_inbound)
-    kinds = op.branch("control_or_market", decoded.trues, is_control)
+    parse = partial(parse_batch, kinds=input_kinds, codec=codec, config=config)
+    decoded = op.branch("decoded", op.flat_map_batch("parse", messages, parse), is_decoded)
+    control = op.branch("control_lane", decoded.trues, is_control_lane)
+    fills = op.branch("execution_lane", control.falses, is_execution_lane)
+    market = cast("Stream[Inbound]", fills.falses)  # progress is only emitted for the lanes
 
     gate = op.stateful_batch(
         "control_gate",
-        op.key_on("control_key", kinds.trues, lambda _: "control"),
+        op.key_on("control_key", control.trues, lambda _: "control"),
         lambda s: ControlGateLogic(config, s),
     )
-    gated = op.branch("gate_ok", op.map("gate_values", gate, lambda kv: kv[1]), is_inbound)
+    gated = op.branch("gate_ok", op.map("gate_values", gate, lambda kv: kv[1]), is_decoded)
 
     by_instrument = op.stateful_batch(
         "instrument",
-        op.key_on("instrument_key", kinds.falses, instrument_key),
+        op.key_on("instrument_key", market, instrument_key),
         lambda s: InstrumentLogic(config, s),
     )
     priced = op.map("instrument_values", by_instrument, lambda kv: kv[1])
 
-    shard_in = op.flat_map(
-        "to_shards",
-        op.merge("shard_inputs", priced, gated.trues),
-        partial(to_shards, config=config),
+    shard_inputs = op.merge(
+        "shard_inputs",
+        priced,
+        gated.trues,
+        fills.trues,
+        op.filter("references", market, is_reference),
     )
+    shard_in = op.flat_map("to_shards", shard_inputs, partial(to_shards, config=config))
     shard_out = op.map(
         "shard_values",
         op.stateful_batch("shard", shard_in, lambda s: ShardLogic(config, s)),

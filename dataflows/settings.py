@@ -6,13 +6,19 @@ JSON (``RISKSTREAM_KAFKA_CONFIG='{"security.protocol": "SASL_SSL"}'``).
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from operators.config import NS, ControlKeys, EngineConfig, Limits
 from operators.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 INPUT_KINDS = {
     "ticks": "MarketTick",
@@ -55,7 +61,7 @@ class Topics(BaseModel):
 class LimitSettings(BaseModel):
     """Default per-portfolio limits (see operators.config.Limits)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     concentration: float = Field(0.25, gt=0, le=1)
     max_order_notional: float = Field(5_000_000.0, gt=0)
@@ -67,7 +73,11 @@ class Settings(BaseSettings):
     """Everything configurable about riskstream, validated at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RISKSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="RISKSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
     )
 
     kafka_bootstrap: str | None = None
@@ -76,7 +86,7 @@ class Settings(BaseSettings):
     """librdkafka settings passed through to every client (TLS, SASL, ...)."""
     redis_url: SecretStr | None = None
     """redis:// or rediss:// URL; unset means an embedded redis-server (``demo`` only)."""
-    schema_registry_url: str | None = None
+    schema_registry_url: SecretStr | None = None
     """Confluent Schema Registry URL; unset means Avro single-object encoding."""
     schema_registry_config: dict[str, SecretStr] = Field(default_factory=dict)
     topics: Topics = Field(default_factory=Topics)
@@ -86,15 +96,15 @@ class Settings(BaseSettings):
     """HMAC keys for control commands by key id (two during a rotation)."""
     control_key_id: str = "default"
     """Key id ``riskstream control`` signs with."""
-    control_max_age_s: float = Field(60.0, gt=0)
+    control_max_age_s: float = Field(60.0, gt=0, le=86_400 * 365)
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
     portfolio_capital: float = Field(10_000_000.0, gt=0)
     shards: int = Field(8, ge=1, le=4096)
-    bar_interval_s: float = Field(1.0, gt=0)
+    bar_interval_s: float = Field(1.0, ge=0.001, le=86_400 * 7)
     bars_per_day: float | None = Field(None, gt=0)
     """Bars in one trading day for daily volatility; unset: 6.5 hours of bars."""
-    stale_after_s: float = Field(30.0, gt=0)
-    max_wait_ms: float = Field(250.0, ge=0)
+    stale_after_s: float = Field(30.0, gt=0, le=86_400 * 365)
+    max_wait_ms: float = Field(250.0, ge=0, le=3_600_000)
     metrics_port: int = Field(9464, ge=0, le=65535)
     """Port of the Prometheus endpoint; 0 turns it off."""
     metrics_host: str = "127.0.0.1"
@@ -151,10 +161,27 @@ class Settings(BaseSettings):
         )
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``RISKSTREAM_*`` variables that name no setting (likely typos)."""
+    known = {name.upper() for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in environ
+        if key.startswith("RISKSTREAM_")
+        and key.removeprefix("RISKSTREAM_").split("__")[0] not in known
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment (and overrides), or a ConfigError saying what to fix."""
+    for name in unknown_variables(os.environ):
+        log.warning("%s is not a riskstream setting and is ignored (a typo?)", name)
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a JSON value that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"RISKSTREAM_{field.group(1).upper()}" if field else "a RISKSTREAM_* variable"
+        raise ConfigError(f"invalid configuration: {name} is not valid JSON") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"RISKSTREAM_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"

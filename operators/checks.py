@@ -40,19 +40,20 @@ class Cap:
 STATE_ORDER = {"ACTIVE": 0, "REDUCE_ONLY": 1, "HALTED": 2}
 
 
-def check_trading_state(state: str, side_sign: int, position: float) -> Cap | None:
+def check_trading_state(qty: float, state: str, side_sign: int, position: float) -> Cap | None:
     """HALTED allows nothing; REDUCE_ONLY allows only what shrinks the position."""
     if state == "HALTED":
         return Cap(0.0, Reason("TRADING_HALTED", "trading is halted in scope"))
     if state == "REDUCE_ONLY":
-        reducible = -side_sign * position  # > 0 when the trade shrinks the position
-        cap = max(0.0, reducible)
+        cap = max(0.0, -side_sign * position)  # > 0 when the trade shrinks the position
+        if qty <= cap:
+            return Cap(cap, None)
         why = (
             f"reduce-only: at most {cap:g} reduces the position"
             if cap
             else "reduce-only: the trade would increase the position"
         )
-        return Cap(cap, Reason("REDUCE_ONLY", why, abs(position), cap))
+        return Cap(cap, Reason("REDUCE_ONLY", why, qty, cap))
     return None
 
 
@@ -109,7 +110,7 @@ def check_concentration(
 
 def check_adv(qty: float, adv: float, share: float) -> Cap | None:
     """The order must not exceed ``share`` of average daily volume (skipped when ADV unknown)."""
-    if adv <= 0:
+    if adv <= 0:  # unknown ADV: nothing to check against
         return None
     cap = share * adv
     if qty <= cap:
@@ -126,8 +127,8 @@ def check_price_collar(limit_price: float | None, last: float, collar: float) ->
     """A limit price more than ``collar`` away from the last trade is a fat finger."""
     if limit_price is None:
         return None
-    distance = abs(limit_price / last - 1.0)
-    if distance <= collar:
+    distance = abs(limit_price - last) / last
+    if distance <= collar * (1.0 + 1e-12):  # exactly at the collar is allowed
         return None
     return Cap(
         0.0,
@@ -145,4 +146,4 @@ def round_to_lot(qty: float, lot: float) -> float:
     if qty <= 0 or not math.isfinite(qty):
         return 0.0
     lots = math.floor(qty / lot + 1e-9)
-    return lots * lot
+    return min(lots * lot, qty)  # lots x lot may land one float step above a whole request

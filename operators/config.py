@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 NS = 1_000_000_000
+FRACTIONS = ("concentration", "max_adv_share")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,17 @@ class Limits:
     def names(cls) -> tuple[str, ...]:
         """Names a ``SET_LIMIT`` command may change."""
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def problem(cls, name: str, value: float | None) -> str | None:
+        """Why ``value`` cannot be limit ``name`` (None when it can)."""
+        if name not in cls.names():
+            return f"unknown limit {name!r}; known: {', '.join(cls.names())}"
+        if value is None or not math.isfinite(value) or value <= 0:
+            return f"{name} must be a finite number > 0, got {value!r}"
+        if name in FRACTIONS and value > 1:
+            return f"{name} is a fraction and must be <= 1, got {value!r}"
+        return None
 
     def with_value(self, name: str, value: float) -> Limits:
         """A copy with one limit changed."""
@@ -64,3 +77,11 @@ class EngineConfig:
     """Replays: wait for data (never for the wall clock) before deciding."""
     var_confidence_z: float = 1.6448536269514722
     """z of the one-sided VaR confidence (95%)."""
+    fence: tuple[tuple[str, int], ...] = ()
+    """(topic, partition) of every control and execution partition: a proposal is decided
+    only once each has progressed past its ts_event (empty: no fence)."""
+    fence_kinds: tuple[str, ...] = ("ControlCommand", "Execution")
+    lateness_ns: int = 0
+    """How far records may be out of order within one partition (event time)."""
+    idle_margin_ns: int = 50_000_000
+    """Live: a caught-up partition counts as progressed to wall clock minus this."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,14 +27,16 @@ SIGNED_FIELDS = (
 
 
 def canonical_text(command: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers: the signed fields, ``|``-joined, in a fixed order."""
-    parts = []
-    for name in SIGNED_FIELDS:
-        value = command.get(name)
-        parts.append(
-            "" if value is None else repr(float(value)) if name == "limit_value" else str(value)
-        )
-    return "|".join(parts).encode()
+    """The bytes a signature covers: a JSON array of the signed fields in a fixed order.
+
+    JSON quotes and escapes every string, so text cannot move from one field to another
+    without changing the bytes.
+    """
+    values = [command.get(name) for name in SIGNED_FIELDS]
+    limit = command.get("limit_value")
+    if limit is not None:  # 1000000 and 1000000.0 are the same limit after Avro
+        values[SIGNED_FIELDS.index("limit_value")] = float(limit)
+    return json.dumps(values, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def sign(command: Mapping[str, Any], key: bytes) -> str:
@@ -62,7 +65,12 @@ def verify(command: Mapping[str, Any], kafka_ts_ns: int, keys: ControlKeys) -> N
         raise InvalidRecord(
             "BAD_SIGNATURE", f"command {command.get('command_id')!r}: bad signature"
         )
-    if kafka_ts_ns and abs(kafka_ts_ns - command["ts_event"]) > keys.max_age_ns:
+    if not kafka_ts_ns:
+        raise InvalidRecord(
+            "EXPIRED_CONTROL",
+            f"command {command.get('command_id')!r}: no Kafka timestamp to check freshness",
+        )
+    if abs(kafka_ts_ns - command["ts_event"]) > keys.max_age_ns:
         raise InvalidRecord(
             "EXPIRED_CONTROL",
             f"command {command.get('command_id')!r}: ts_event is"

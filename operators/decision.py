@@ -56,8 +56,26 @@ def _factor(name: str, utilisation: float) -> Record:
     }
 
 
-def _unassessable(reason: Reason) -> tuple[list[Cap], list[Record]]:
-    return [Cap(0.0, reason)], [{"name": "data_quality", "value": 1.0, "contribution": 100.0}]
+def _ratio(value: float, limit: float) -> float:
+    """Utilisation of a limit (a vanishing limit counts as fully used)."""
+    return value / limit if limit > 0 else 1.0
+
+
+def _data_problem(proposal: Record, market: MarketView, config: EngineConfig) -> Reason | None:
+    """Why the proposal cannot be assessed (fail safe), or None."""
+    if market.instrument is None:
+        return Reason("UNKNOWN_INSTRUMENT", f"no reference data for {proposal['instrument_id']!r}")
+    if market.last is None or market.ts_last is None:
+        return Reason("NO_MARKET_DATA", "no tick at or before the proposal")
+    age = proposal["ts_event"] - market.ts_last
+    if age > config.stale_after_ns:
+        return Reason(
+            "STALE_MARKET_DATA",
+            f"last tick is {age / 1e9:.1f}s old",
+            age / 1e9,
+            config.stale_after_ns / 1e9,
+        )
+    return None
 
 
 def _assess(
@@ -69,45 +87,27 @@ def _assess(
     config: EngineConfig,
 ) -> tuple[list[Cap], list[Record], float | None, float | None, float | None]:
     """Caps of every check, score factors, price and VaR before/after."""
-    inst = market.instrument
-    if inst is None:
-        return (
-            *_unassessable(
-                Reason("UNKNOWN_INSTRUMENT", f"no reference data for {proposal['instrument_id']!r}")
-            ),
-            None,
-            None,
-            None,
-        )
-    if market.last is None or market.ts_last is None:
-        return (
-            *_unassessable(Reason("NO_MARKET_DATA", "no tick at or before the proposal")),
-            None,
-            None,
-            None,
-        )
-    age = proposal["ts_event"] - market.ts_last
-    if age > config.stale_after_ns:
-        reason = Reason(
-            "STALE_MARKET_DATA",
-            f"last tick is {age / 1e9:.1f}s old",
-            age / 1e9,
-            config.stale_after_ns / 1e9,
-        )
-        return (*_unassessable(reason), market.last, None, None)
-
     qty = proposal["quantity"]
     sign = 1 if proposal["side"] == "BUY" else -1
+    state_cap = check_trading_state(qty, state, sign, book.position)
+    caps = [state_cap] if state_cap is not None else []
+    problem = _data_problem(proposal, market, config)
+    if problem is not None:
+        caps.append(Cap(0.0, problem))
+        factors = [{"name": "data_quality", "value": 1.0, "contribution": 100.0}]
+        return caps, factors, market.last, None, None
+
+    inst = market.instrument
+    assert inst is not None and market.last is not None
     price = proposal["limit_price"] or market.last
     unit_notional = price * inst["face_value"]
-    caps = [
-        check_order_notional(qty, unit_notional, limits.max_order_notional),
+    caps.append(check_order_notional(qty, unit_notional, limits.max_order_notional))
+    caps.append(
         check_concentration(
             qty, sign, book.position, unit_notional, book.value, limits.concentration
-        ),
-    ]
+        )
+    )
     for cap in (
-        check_trading_state(state, sign, book.position),
         check_adv(qty, inst["adv"], limits.max_adv_share),
         check_price_collar(proposal["limit_price"], market.last, limits.price_collar),
     ):
@@ -122,15 +122,13 @@ def _assess(
     exposures[proposal["instrument_id"]] = (notional_before + sign * qty * unit_notional, vol)
     var_after = undiversified_var(exposures, config.var_confidence_z)
 
-    weight_after = (
-        abs(book.position + sign * qty) * unit_notional / book.value if book.value > 0 else 1.0
-    )
-    adv = inst["adv"]
+    weight_after = _ratio(abs(book.position + sign * qty) * unit_notional, book.value)
+    adv_cap = inst["adv"] * limits.max_adv_share
     factors = [
-        _factor("concentration", weight_after / limits.concentration),
-        _factor("order_size", qty * unit_notional / limits.max_order_notional),
+        _factor("concentration", _ratio(weight_after, limits.concentration)),
+        _factor("order_size", _ratio(qty * unit_notional, limits.max_order_notional)),
         _factor("volatility", vol / VOL_FULL_SCALE),
-        _factor("liquidity", qty / (adv * limits.max_adv_share) if adv > 0 else 0.5),
+        _factor("liquidity", _ratio(qty, adv_cap) if inst["adv"] > 0 else 0.5),
     ]
     return caps, factors, price, var_before, var_after
 

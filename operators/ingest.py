@@ -15,11 +15,11 @@ from operators.config import EngineConfig, Limits
 from operators.control import verify
 from operators.deadletter import dead_letter
 from operators.errors import CodecError, InvalidRecord
-from operators.records import DeadLetterItem, Inbound, Source
+from operators.records import END_OF_TIME, DeadLetterItem, Inbound, Progress, Source, SourceIdle
 from operators.validate import validate
 from schemas.codec import Codec
 
-Parsed = Inbound | DeadLetterItem
+Parsed = Inbound | DeadLetterItem | Progress
 
 
 def _source(msg: Any) -> Source:
@@ -27,29 +27,64 @@ def _source(msg: Any) -> Source:
     return Source(msg.topic or "", msg.partition or 0, msg.offset or 0, ts)
 
 
-def parse_batch(msgs: list[Any], kinds: Mapping[str, str], codec: Codec) -> list[Parsed]:
-    """Decode and validate a batch of Kafka messages; failures become dead letters."""
+def parse_batch(
+    msgs: list[Any], kinds: Mapping[str, str], codec: Codec, config: EngineConfig
+) -> list[Parsed]:
+    """Decode and validate a batch of Kafka messages; failures become dead letters.
+
+    For fenced topics (control, executions), the batch ends with one ``Progress`` per
+    partition it touched: from the data's event times, from an idle marker (live: wall
+    clock minus a margin; bounded reads: the end).
+    """
     now = int(datetime.now(UTC).timestamp() * 1e9)
     out: list[Parsed] = []
     counts: dict[str, int] = {}
+    progress: dict[tuple[str, int], int] = {}
     for msg in msgs:
+        if isinstance(msg, SourceIdle):
+            _idle_progress(msg, kinds, config, progress)
+            continue
         source = _source(msg)
         counts[source.topic] = counts.get(source.topic, 0) + 1
         kind = kinds.get(source.topic)
+        record: dict[str, Any] = {}
         try:
             if kind is None:
                 raise CodecError("UNKNOWN_TOPIC", f"no record type for topic {source.topic!r}")
             record = codec.decode(kind, msg.value)
             validate(kind, record)
         except (CodecError, InvalidRecord) as exc:
-            ts = record.get("ts_event") if isinstance(exc, InvalidRecord) else None
+            ts = record.get("ts_event")
             letter = dead_letter(source, exc.code, f"parse: {exc}", "parse", ts, msg.key, msg.value)
             out.append(DeadLetterItem(letter))
             continue
+        if kind in config.fence_kinds:  # only valid records move event time forward
+            part = (source.topic, source.partition)
+            seen = record["ts_event"] - config.lateness_ns + 1
+            progress[part] = max(progress.get(part, 0), seen)
         out.append(Inbound(kind, record, source, now, msg.key, msg.value))
+    for (topic, partition), ts in progress.items():
+        out.append(Progress(kinds[topic], topic, partition, ts))
     for topic, n in counts.items():
         metrics.MESSAGES.labels(topic).inc(n)
     return out
+
+
+def _idle_progress(
+    idle: SourceIdle, kinds: Mapping[str, str], config: EngineConfig,
+    progress: dict[tuple[str, int], int],
+) -> None:  # fmt: skip
+    """Event-time progress implied by an idle partition (none for wall clock in replays)."""
+    if kinds.get(idle.topic) not in config.fence_kinds:
+        return
+    if idle.ts == END_OF_TIME:
+        ts = END_OF_TIME
+    elif config.wait_for_data:
+        return
+    else:
+        ts = idle.ts - config.idle_margin_ns
+    part = (idle.topic, idle.partition)
+    progress[part] = max(progress.get(part, 0), ts)
 
 
 @dataclass
@@ -59,15 +94,19 @@ class GateState:
     nonces: dict[str, int] = field(default_factory=dict)
 
 
-class ControlGateLogic(StatefulBatchLogic[Inbound, Parsed, GateState]):
-    """Lets through only signed, fresh, first-seen control commands that make sense."""
+class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, GateState]):
+    """Lets through only signed, fresh, first-seen control commands that make sense.
+
+    Progress markers of the control topic pass through in order, after the commands.
+    """
 
     def __init__(self, config: EngineConfig, state: GateState | None) -> None:
         self.config = config
         self.state = state or GateState()
 
-    def on_batch(self, values: list[Inbound]) -> tuple[Iterable[Parsed], bool]:
-        return [self._check(item) for item in values], StatefulBatchLogic.RETAIN
+    def on_batch(self, values: list[Inbound | Progress]) -> tuple[Iterable[Parsed], bool]:
+        out = [v if isinstance(v, Progress) else self._check(v) for v in values]
+        return out, StatefulBatchLogic.RETAIN
 
     def _check(self, item: Inbound) -> Parsed:
         c = item.record
@@ -75,11 +114,11 @@ class ControlGateLogic(StatefulBatchLogic[Inbound, Parsed, GateState]):
             verify(c, item.source.timestamp_ns, self.config.control)
             if c["nonce"] in self.state.nonces:
                 raise InvalidRecord("REPLAYED_CONTROL", f"nonce {c['nonce']!r} was already used")
-            if c["action"] == "SET_LIMIT" and c["limit_name"] not in Limits.names():
-                raise InvalidRecord(
-                    "INVALID_CONTROL",
-                    f"unknown limit {c['limit_name']!r}; known: {', '.join(Limits.names())}",
-                )
+            problem = c["action"] == "SET_LIMIT" and Limits.problem(
+                c["limit_name"], c["limit_value"]
+            )
+            if problem:
+                raise InvalidRecord("INVALID_CONTROL", problem)
             if c["action"] == "SET_LIMIT" and c["scope"] == "INSTRUMENT":
                 raise InvalidRecord("INVALID_CONTROL", "SET_LIMIT applies to GLOBAL or PORTFOLIO")
         except InvalidRecord as exc:

@@ -13,14 +13,12 @@ from datetime import UTC, datetime
 from bytewax.operators import StatefulBatchLogic
 
 from operators.config import EngineConfig
-from operators.deadletter import dead_letter
 from operators.features import BarFeatures
 from operators.records import (
     DeadLetterItem,
     Inbound,
     Mark,
     MarketView,
-    PricedExecution,
     PricedProposal,
     StateWrite,
 )
@@ -28,7 +26,7 @@ from operators.records import (
 TICK_HISTORY = 1024
 BAR_HISTORY = 256
 
-InstrumentOut = PricedProposal | PricedExecution | Mark | StateWrite | DeadLetterItem
+InstrumentOut = PricedProposal | Mark | StateWrite | DeadLetterItem
 
 
 @dataclass
@@ -162,8 +160,6 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
                 )
                 if st.pending:
                     out.extend(self._release(self._complete))
-            elif item.kind == "Execution":
-                out.append(self._priced_execution(item))
             else:
                 pending = Pending(item, item.received_ns + self.config.max_wait_ns)
                 if self._complete(pending):
@@ -191,20 +187,6 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
         return PricedProposal(
             item.record, view, item.source, item.received_ns, stale, item.key, item.raw
         )
-
-    def _priced_execution(self, item: Inbound) -> PricedExecution | DeadLetterItem:
-        if self.state.instrument is None:
-            letter = dead_letter(
-                item.source,
-                "UNKNOWN_INSTRUMENT",
-                f"instrument: execution for {self.state.instrument_id!r} without reference data",
-                "instrument",
-                item.record["ts_event"],
-                item.key,
-                item.raw,
-            )
-            return DeadLetterItem(letter)
-        return PricedExecution(item.record, self.state.instrument["face_value"])
 
     def on_notify(self) -> tuple[Iterable[InstrumentOut], bool]:
         now = _now_ns()

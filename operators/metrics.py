@@ -17,6 +17,11 @@ STATE_WRITE_FAILURES = Counter(
     "riskstream_redis_write_failures_total", "Redis state writes that failed (retried later)."
 )
 STATE_WRITES = Counter("riskstream_redis_writes_total", "Redis state keys written.")
+LATE_INPUTS = Counter(
+    "riskstream_late_inputs_total",
+    "Executions and controls that arrived after a later proposal was decided (applied anyway).",
+    ["kind"],
+)
 TRADING_STATE = Gauge(
     "riskstream_trading_state",
     "Latest trading state by scope: 0 ACTIVE, 1 REDUCE_ONLY, 2 HALTED.",

@@ -7,7 +7,7 @@ import copy
 import json
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,12 +19,14 @@ from operators.config import EngineConfig, Limits
 from operators.deadletter import dead_letter
 from operators.decision import BookView, decide
 from operators.records import (
+    END_OF_TIME,
     DeadLetterItem,
     Decided,
     Inbound,
     Mark,
-    PricedExecution,
     PricedProposal,
+    Progress,
+    Record,
     StateWrite,
 )
 
@@ -32,7 +34,7 @@ MARK_HISTORY = 16
 DEDUPE_WINDOW = 200_000
 ACTION_STATE = {"HALT": "HALTED", "REDUCE_ONLY": "REDUCE_ONLY", "RESUME": "ACTIVE"}
 
-ShardIn = PricedProposal | PricedExecution | Mark | Inbound
+ShardIn = PricedProposal | Mark | Inbound | Progress
 ShardOut = Decided | StateWrite | DeadLetterItem
 
 
@@ -61,7 +63,7 @@ class TimeLog:
 
     def as_of(self, ts: int, default: object = None) -> object:
         """The value in force at event time ``ts``."""
-        i = bisect.bisect_right(self.keys, (ts, "\uffff"))
+        i = bisect.bisect_left(self.keys, (ts + 1, ""))
         return self.values[i - 1] if i else default
 
 
@@ -71,29 +73,46 @@ class Book:
 
     cash: float
     positions: dict[str, float] = field(default_factory=dict)
-    last_fill: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """instrument_id -> (price, unit value) of the latest fill, a fallback mark."""
-    fills: list[tuple[int, str, str, float, float]] = field(default_factory=list)
-    """(ts, execution_id, instrument_id, signed quantity, cash change), sorted by time."""
+    fills: list[tuple[int, str, str, float, float, float]] = field(default_factory=list)
+    """(ts, execution_id, instrument_id, signed quantity, cash change, cash per unit of
+    quantity), sorted by time."""
 
-    def apply(self, fill: PricedExecution) -> None:
-        """Apply one execution."""
-        r = fill.record
-        qty = r["quantity"] if r["side"] == "BUY" else -r["quantity"]
-        cash = -qty * r["price"] * fill.unit_value
-        self.positions[r["instrument_id"]] = self.positions.get(r["instrument_id"], 0.0) + qty
+    def apply(self, fill: Record, unit_value: float) -> None:
+        """Apply one execution (``unit_value``: the instrument's face value)."""
+        qty = fill["quantity"] if fill["side"] == "BUY" else -fill["quantity"]
+        cash = -qty * fill["price"] * unit_value
+        inst = fill["instrument_id"]
+        self.positions[inst] = self.positions.get(inst, 0.0) + qty
         self.cash += cash
-        self.last_fill[r["instrument_id"]] = (r["price"], fill.unit_value)
-        bisect.insort(self.fills, (r["ts_event"], r["execution_id"], r["instrument_id"], qty, cash))
+        unit_cash = fill["price"] * unit_value
+        entry = (fill["ts_event"], fill["execution_id"], inst, qty, cash, unit_cash)
+        bisect.insort(self.fills, entry)
 
     def as_of(self, ts: int) -> tuple[float, dict[str, float]]:
         """Cash and positions at event time ``ts`` (later fills undone)."""
         cash, positions = self.cash, dict(self.positions)
-        i = bisect.bisect_right(self.fills, (ts, "\uffff"))
-        for _, _, inst, qty, dcash in self.fills[i:]:
+        for _, _, inst, qty, dcash, _ in self.fills[self._cut(ts) :]:
             positions[inst] -= qty
             cash -= dcash
         return cash, positions
+
+    def last_fill_value(self, instrument_id: str, ts: int) -> float:
+        """Cash value of one unit at the last fill at or before ``ts`` (a fallback mark)."""
+        for f in reversed(self.fills[: self._cut(ts)]):
+            if f[2] == instrument_id:
+                return f[5]
+        return 0.0
+
+    def _cut(self, ts: int) -> int:
+        return bisect.bisect_left(self.fills, (ts + 1,))
+
+
+@dataclass
+class Waiting:
+    """A proposal waiting at its shard for the inputs it must see."""
+
+    priced: PricedProposal
+    deadline_ns: int
 
 
 @dataclass
@@ -101,11 +120,18 @@ class ShardState:
     """Everything one portfolio shard keeps; pickles for recovery."""
 
     books: dict[str, Book] = field(default_factory=dict)
+    references: dict[str, Record] = field(default_factory=dict)
     marks: dict[str, deque[Mark]] = field(default_factory=dict)
     states: dict[tuple[str, str], TimeLog] = field(default_factory=dict)
     limits: dict[tuple[str, str, str], TimeLog] = field(default_factory=dict)
+    progress: dict[tuple[str, int], int] = field(default_factory=dict)
+    held_fills: list[Inbound] = field(default_factory=list)
+    """Executions whose instrument has no reference data yet."""
+    waiting: list[Waiting] = field(default_factory=list)
     answered: OrderedDict[str, None] = field(default_factory=OrderedDict)
     executed: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    decided_upto: int = -1
+    """Largest ts_event decided so far: inputs at or before it arrived late."""
 
     def mark_as_of(self, instrument_id: str, ts: int) -> Mark | None:
         """The last bar-close mark at or before ``ts``."""
@@ -141,13 +167,13 @@ class ShardState:
         own = priced.proposal["instrument_id"]
         for inst, qty in positions.items():
             mark = self.mark_as_of(inst, ts)
-            price, unit = (mark.price, mark.unit_value) if mark else book.last_fill[inst]
+            unit_cash = mark.price * mark.unit_value if mark else book.last_fill_value(inst, ts)
             vol = mark.daily_vol if mark else 0.0
             if inst == own and priced.market.last is not None and priced.market.instrument:
-                price, unit = priced.market.last, priced.market.instrument["face_value"]
-            value += qty * price * unit
+                unit_cash = priced.market.last * priced.market.instrument["face_value"]
+            value += qty * unit_cash
             if qty:
-                exposures[inst] = (qty * price * unit, vol)
+                exposures[inst] = (qty * unit_cash, vol)
         return BookView(positions.get(own, 0.0), value, exposures)
 
 
@@ -176,7 +202,13 @@ def book_write(portfolio_id: str, book: Book, ts: int) -> StateWrite:
 
 
 class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
-    """Books, controls and decisions for the portfolios of one shard."""
+    """Books, controls and decisions for the portfolios of one shard.
+
+    A proposal is decided once everything it must see has arrived: every fenced control
+    and execution partition has progressed past its ts_event, no fill of its portfolio at
+    or before it is held for reference data, and (replays) each instrument it holds has
+    a mark from the bar before. Live runs stop waiting after ``max_wait_ns`` (stale).
+    """
 
     def __init__(self, config: EngineConfig, state: ShardState | None) -> None:
         self.config = config
@@ -184,35 +216,76 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
 
     def on_batch(self, values: list[ShardIn]) -> tuple[Iterable[ShardOut], bool]:
         out: list[ShardOut] = []
+        st = self.state
         for item in values:
             if isinstance(item, PricedProposal):
-                out.append(self._decide(item))
-            elif isinstance(item, PricedExecution):
-                out.extend(self._execute(item))
+                out.extend(self._admit(item))
             elif isinstance(item, Mark):
-                self.state.marks.setdefault(item.instrument_id, deque(maxlen=MARK_HISTORY)).append(
-                    item
-                )
+                st.marks.setdefault(item.instrument_id, deque(maxlen=MARK_HISTORY)).append(item)
+            elif isinstance(item, Progress):
+                part = (item.topic, item.partition)
+                st.progress[part] = max(st.progress.get(part, 0), item.ts)
+            elif item.kind == "Instrument":
+                st.references[item.record["instrument_id"]] = item.record
+                out.extend(self._apply_held_fills())
+            elif item.kind == "Execution":
+                out.extend(self._execute(item))
             else:
                 out.extend(self._control(item))
+        out.extend(self._release(self._ready))
         return out, StatefulBatchLogic.RETAIN
 
-    def _decide(self, priced: PricedProposal) -> ShardOut:
+    def _admit(self, priced: PricedProposal) -> list[ShardOut]:
         p = priced.proposal
         if not _remember(self.state.answered, p["proposal_id"]):
-            return DeadLetterItem(
-                dead_letter(
-                    priced.source,
-                    "DUPLICATE_PROPOSAL",
-                    f"proposal {p['proposal_id']!r} was already answered",
-                    "decide",
-                    p["ts_event"],
-                    priced.key,
-                    priced.raw,
-                )
+            letter = dead_letter(
+                priced.source,
+                "DUPLICATE_PROPOSAL",
+                f"decide: proposal {p['proposal_id']!r} was already answered",
+                "decide",
+                p["ts_event"],
+                priced.key,
+                priced.raw,
             )
-        book = self.state.books.get(p["portfolio_id"]) or Book(self.config.portfolio_capital)
+            return [DeadLetterItem(letter)]
+        self.state.waiting.append(Waiting(priced, priced.received_ns + self.config.max_wait_ns))
+        return []
+
+    def _ready(self, w: Waiting) -> bool:
+        st, p = self.state, w.priced.proposal
         ts = p["ts_event"]
+        if any(st.progress.get(part, 0) <= ts for part in self.config.fence):
+            return False
+        pid = p["portfolio_id"]
+        if any(
+            f.record["portfolio_id"] == pid and f.record["ts_event"] <= ts for f in st.held_fills
+        ):
+            return False
+        if self.config.wait_for_data and (book := st.books.get(pid)) is not None:
+            floor = ts - ts % self.config.bar_interval_ns
+            _, positions = book.as_of(ts)
+            for inst, qty in positions.items():
+                marks = st.marks.get(inst)
+                if qty and inst != p["instrument_id"] and (not marks or marks[-1].ts_event < floor):
+                    return False
+        return True
+
+    def _release(self, ready: Callable[[Waiting], bool]) -> list[ShardOut]:
+        st = self.state
+        if not st.waiting:
+            return []
+        done: list[Waiting] = []
+        keep: list[Waiting] = []
+        for w in st.waiting:
+            (done if ready(w) else keep).append(w)
+        st.waiting = keep
+        done.sort(key=lambda w: (w.priced.proposal["ts_event"], w.priced.proposal["proposal_id"]))
+        return [self._decide(w.priced, stale=not self._ready(w)) for w in done]
+
+    def _decide(self, priced: PricedProposal, stale: bool) -> Decided:
+        p = priced.proposal
+        ts = p["ts_event"]
+        book = self.state.books.get(p["portfolio_id"]) or Book(self.config.portfolio_capital)
         record = decide(
             p,
             priced.market,
@@ -221,9 +294,10 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
             self.state.limits_as_of(self.config.limits, p["portfolio_id"], ts),
             self.config,
         )
+        self.state.decided_upto = max(self.state.decided_upto, ts)
         now = _now_ns()
         record.update(
-            stale=priced.stale,
+            stale=stale or priced.stale,
             source_topic=priced.source.topic,
             source_partition=priced.source.partition,
             source_offset=priced.source.offset,
@@ -232,16 +306,33 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
         )
         return Decided(record, priced.received_ns)
 
-    def _execute(self, fill: PricedExecution) -> list[ShardOut]:
+    def _execute(self, fill: Inbound) -> list[ShardOut]:
         r = fill.record
+        ref = self.state.references.get(r["instrument_id"])
+        if ref is None:
+            self.state.held_fills.append(fill)  # applied once its reference data arrives
+            return []
         if not _remember(self.state.executed, r["execution_id"]):
             return []  # a redelivered fill is applied once
+        self._count_late(r["ts_event"], "Execution")
         book = self.state.books.setdefault(r["portfolio_id"], Book(self.config.portfolio_capital))
-        book.apply(fill)
+        book.apply(r, ref["face_value"])
         return [book_write(r["portfolio_id"], book, r["ts_event"])]
+
+    def _apply_held_fills(self) -> list[ShardOut]:
+        held, self.state.held_fills = self.state.held_fills, []
+        out: list[ShardOut] = []
+        for fill in held:
+            out.extend(self._execute(fill))
+        return out
+
+    def _count_late(self, ts: int, kind: str) -> None:
+        if ts <= self.state.decided_upto:
+            metrics.LATE_INPUTS.labels(kind).inc()
 
     def _control(self, item: Inbound) -> list[ShardOut]:
         c = item.record
+        self._count_late(c["ts_event"], "ControlCommand")
         scope = (c["scope"], c["target"] if c["scope"] != "GLOBAL" else "")
         if c["action"] == "SET_LIMIT":
             log = self.state.limits.setdefault((*scope, c["limit_name"]), TimeLog())
@@ -253,6 +344,34 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
         metrics.TRADING_STATE.labels(*scope).set(STATE_ORDER[str(log.values[-1])])
         fields = {"state": state, "command_id": c["command_id"], "issuer": c["issuer"]}
         return [StateWrite(f"trading_state:{scope[0]}:{scope[1]}", c["ts_event"], fields)]
+
+    def on_notify(self) -> tuple[Iterable[ShardOut], bool]:
+        now = _now_ns()
+        return self._release(lambda w: w.deadline_ns <= now or self._ready(w)), self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[ShardOut], bool]:
+        for part in self.config.fence:  # the input ended: nothing more will come
+            self.state.progress[part] = END_OF_TIME
+        out = self._release(lambda w: True)
+        for fill in self.state.held_fills:
+            letter = dead_letter(
+                fill.source,
+                "UNKNOWN_INSTRUMENT",
+                f"shard: execution for {fill.record['instrument_id']!r} without reference data",
+                "shard",
+                fill.record["ts_event"],
+                fill.key,
+                fill.raw,
+            )
+            out.append(DeadLetterItem(letter))
+        self.state.held_fills = []
+        return out, self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.config.wait_for_data or not self.state.waiting:
+            return None
+        deadline = min(w.deadline_ns for w in self.state.waiting)
+        return datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
     def snapshot(self) -> ShardState:
         return copy.deepcopy(self.state)

@@ -97,9 +97,25 @@ class Decided:
     received_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class PricedExecution:
-    """An execution with its instrument's unit value, bound for its portfolio's shard."""
+END_OF_TIME = 2**63 - 1
+"""Event time of 'no more data' (a bounded read reached its end)."""
 
-    record: Record
-    unit_value: float
+
+@dataclass(frozen=True, slots=True)
+class SourceIdle:
+    """A source partition had nothing new: caught up at wall-clock ``ts``, or at END_OF_TIME."""
+
+    topic: str
+    partition: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """No record of ``(topic, partition)`` with ts_event below ``ts`` is still to come."""
+
+    kind: str
+    """Record name of the topic (``ControlCommand``, ``Execution``, ...)."""
+    topic: str
+    partition: int
+    ts: int

@@ -13,23 +13,44 @@ from operators.records import (
     Decided,
     Inbound,
     Mark,
-    PricedExecution,
     PricedProposal,
+    Progress,
 )
 
 
+def is_decoded(item: object) -> TypeGuard[Inbound | Progress]:
+    """True for decoded records and progress markers, False for dead letters."""
+    return not isinstance(item, DeadLetterItem)
+
+
 def is_inbound(item: object) -> TypeGuard[Inbound]:
-    """True for decoded records, False for dead letters."""
+    """True for decoded records (what passed the control gate)."""
     return isinstance(item, Inbound)
 
 
-def is_control(item: Inbound) -> bool:
-    """True for control commands (they go through the gate, then to every shard)."""
+def kind_of(item: Inbound | Progress) -> str:
+    """Record name of a record or of the topic a progress marker belongs to."""
+    return item.kind
+
+
+def is_control_lane(item: Inbound | Progress) -> bool:
+    """Control commands and their topic's progress: through the gate, then to every shard."""
     return item.kind == "ControlCommand"
 
 
-def instrument_key(item: Inbound) -> str:
-    """Ticks, reference data, proposals and executions meet at their instrument."""
+def is_execution_lane(item: Inbound | Progress) -> bool:
+    """Executions and their topic's progress go straight to the shards."""
+    return item.kind == "Execution"
+
+
+def is_reference(item: Inbound | Progress) -> bool:
+    """Reference data, which the shards need too (face value of fills)."""
+    return item.kind == "Instrument"
+
+
+def instrument_key(item: Inbound | Progress) -> str:
+    """Ticks, reference data and proposals meet at their instrument."""
+    assert isinstance(item, Inbound)
     return str(item.record["instrument_id"])
 
 
@@ -42,12 +63,12 @@ def only(kind: type[T]) -> Callable[[object], T | None]:
 
 
 def to_shards(item: object, config: EngineConfig) -> list[tuple[str, ShardIn]]:
-    """Proposals and executions to their portfolio's shard; marks and controls to all."""
+    """Proposals and fills to their portfolio's shard; everything shared to every shard."""
     if isinstance(item, PricedProposal):
         return [(shard_key(item.proposal["portfolio_id"], config.shards), item)]
-    if isinstance(item, PricedExecution):
+    if isinstance(item, Inbound) and item.kind == "Execution":
         return [(shard_key(item.record["portfolio_id"], config.shards), item)]
-    if isinstance(item, Mark) or (isinstance(item, Inbound) and is_control(item)):
+    if isinstance(item, Mark | Progress | Inbound):
         return [(key, item) for key in all_shard_keys(config.shards)]
     return []
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with riskstream and its dev extra,
-# and redis-server / kcat from apt when they are missing. Re-running it is cheap: the
-# install is skipped while pyproject.toml is unchanged.
+# redis-server from apt when it is missing, and (with --test) the tools the deployment
+# tests run: promtool (Debian's prometheus) and docker-compose. Re-running it is cheap:
+# the pip install is skipped while pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,14 +19,20 @@ fi
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+if [ "${1:-}" = "--test" ]; then
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  # apt starts a system redis on 6379; riskstream starts its own on a free port.
-  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
+  # apt may start system services; riskstream starts its own servers on free ports.
+  if command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now redis-server prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

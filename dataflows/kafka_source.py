@@ -1,0 +1,139 @@
+"""The Kafka input: every input partition, plus idle markers that let event time advance.
+
+Each partition yields its messages and, when it has nothing new, a ``SourceIdle`` marker
+(at most every ``idle_every_ns``): live, "caught up as of this wall-clock time"; at the
+end of a bounded read, "no more data" (``END``). Markers travel the same path as the
+partition's data, after it, so downstream steps can fence on them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from operators.errors import InfrastructureError
+from operators.records import END_OF_TIME, SourceIdle
+
+
+def _part_name(topic: str, partition: int) -> str:
+    return f"{partition}-{topic}"
+
+
+def list_partitions(
+    config: dict[str, Any], topics: list[str], timeout: float = 10.0
+) -> list[tuple[str, int]]:
+    """(topic, partition) of every partition of ``topics``."""
+    admin = AdminClient({k: v for k, v in config.items() if k != "group.id"})
+    meta = admin.list_topics(timeout=timeout)
+    out: list[tuple[str, int]] = []
+    for topic in topics:
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            raise InfrastructureError(f"topic {topic!r} does not exist on the broker")
+        out.extend((topic, p) for p in sorted(found.partitions))
+    return out
+
+
+class _Partition(StatefulSourcePartition[Any, int]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        batch_size: int,
+        tail: bool,
+        idle_every_ns: int,
+    ) -> None:
+        self._consumer = Consumer(config)
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._topic, self._partition = topic, partition
+        self._offset = offset
+        self._batch_size = batch_size
+        self._tail = tail
+        self._idle_every_ns = idle_every_ns
+        self._next_idle = 0
+        self._done = False
+
+    def next_batch(self) -> list[Any]:
+        if self._done:
+            raise StopIteration
+        batch: list[Any] = []
+        for msg in self._consumer.consume(self._batch_size, 0.001):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and not self._tail:
+                    self._done = True
+                    batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
+                    break
+                continue  # transient errors: librdkafka retries by itself
+            batch.append(
+                KafkaSourceMessage(
+                    key=msg.key(),
+                    value=msg.value(),
+                    topic=self._topic,
+                    partition=self._partition,
+                    offset=msg.offset(),
+                    timestamp=msg.timestamp(),
+                )
+            )
+            self._offset = int(msg.offset() or 0) + 1
+        if not batch and self._tail:
+            now = time.time_ns()
+            if now >= self._next_idle:
+                self._next_idle = now + self._idle_every_ns
+                batch.append(SourceIdle(self._topic, self._partition, now))
+        return batch
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class RiskSource(FixedPartitionedSource[Any, int]):
+    """Assign-based source over every partition of the input topics (offsets in snapshots)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: list[str],
+        *,
+        from_end: bool = False,
+        tail: bool = True,
+        batch_size: int = 1000,
+        idle_every_ns: int = 10_000_000,
+    ) -> None:
+        self.config = {
+            "group.id": "riskstream-unused",  # assign() only: offsets live in snapshots
+            "enable.auto.commit": False,
+            "enable.partition.eof": not tail,
+            **config,
+        }
+        self.topics = topics
+        self.start = OFFSET_END if from_end else OFFSET_BEGINNING
+        self.tail = tail
+        self.batch_size = batch_size
+        self.idle_every_ns = idle_every_ns
+
+    def list_parts(self) -> list[str]:
+        return [_part_name(t, p) for t, p in list_partitions(self.config, self.topics)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        index, topic = for_part.split("-", 1)
+        offset = self.start if resume_state is None else resume_state
+        return _Partition(
+            dict(self.config),
+            topic,
+            int(index),
+            offset,
+            self.batch_size,
+            self.tail,
+            self.idle_every_ns,
+        )

@@ -1,0 +1,477 @@
+"""Portfolio shards: books and controls as of event time, dedupe, shard keys."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from operators.config import EngineConfig, Limits
+from operators.portfolio import Book, ShardLogic, ShardState, TimeLog, all_shard_keys, shard_key
+from operators.records import (
+    DeadLetterItem,
+    Decided,
+    Inbound,
+    Mark,
+    MarketView,
+    PricedProposal,
+    Source,
+    StateWrite,
+)
+from schemas.codec import SingleObjectCodec
+from tests.factories import KEYS, SECOND, T0, control, execution, instrument, proposal
+
+CAPITAL = 10_000_000.0
+CONFIG = EngineConfig(control=KEYS, portfolio_capital=CAPITAL)
+
+
+def fill(**kw: Any) -> Inbound:
+    e = execution(**kw)
+    return Inbound("Execution", e, Source("trades.executed", 0, 0, e["ts_event"]))
+
+
+def ref(instrument_id: str = "AAPL", face_value: float = 1.0) -> Inbound:
+    r = instrument(instrument_id=instrument_id, symbol=instrument_id, face_value=face_value)
+    return Inbound("Instrument", r, Source("reference.instruments", 0, 0, r["ts_event"]))
+
+
+def ask(last: float = 100.0, ts_last: int = T0, **kw: Any) -> PricedProposal:
+    p = proposal(**kw)
+    view = MarketView(instrument(instrument_id=p["instrument_id"]), ts_last, last, last, last, {})
+    return PricedProposal(p, view, Source("trade.proposals", 1, 5), 0, False, b"PF", b"raw")
+
+
+def cmd(**kw: Any) -> Inbound:
+    c = control(**kw)
+    return Inbound("ControlCommand", c, Source("risk.control", 0, 0, c["ts_event"]))
+
+
+def shard(*instruments: str) -> ShardLogic:
+    lg = ShardLogic(CONFIG, None)
+    feed(lg, *(ref(i) for i in instruments or ("AAPL", "MSFT", "TSLA")))
+    return lg
+
+
+def feed(lg: ShardLogic, *items: Any) -> list[Any]:
+    out, _ = lg.on_batch(list(items))
+    return list(out)
+
+
+def decided(out: list[Any]) -> dict[str, Any]:
+    [d] = [o for o in out if isinstance(o, Decided)]
+    return d.record
+
+
+def reason_codes(record: dict[str, Any]) -> list[str]:
+    return [r["code"] for r in record["reasons"]]
+
+
+# --- Book ---------------------------------------------------------------------------------------
+
+
+def _book() -> Book:
+    book = Book(CAPITAL)
+    fills = [
+        ("E1", "BUY", 100.0, 100.0, T0 + SECOND),
+        ("E3", "SELL", 40.0, 110.0, T0 + 3 * SECOND),
+        ("E2", "BUY", 10.0, 105.0, T0 + 2 * SECOND),  # arrives last, belongs in the middle
+    ]
+    for eid, side, qty, price, ts in fills:
+        book.apply(
+            execution(execution_id=eid, side=side, quantity=qty, price=price, ts_event=ts), 1.0
+        )
+    return book
+
+
+@pytest.mark.parametrize(
+    ("ts", "cash", "position"),
+    [
+        (T0, CAPITAL, 0.0),
+        (T0 + SECOND - 1, CAPITAL, 0.0),
+        (T0 + SECOND, CAPITAL - 10_000.0, 100.0),  # a fill at ts is in force at ts
+        (T0 + 2 * SECOND, CAPITAL - 10_000.0 - 1_050.0, 110.0),
+        (T0 + 2500 * 1_000_000, CAPITAL - 11_050.0, 110.0),
+        (T0 + 3 * SECOND, CAPITAL - 11_050.0 + 4_400.0, 70.0),
+        (T0 + 3600 * SECOND, CAPITAL - 6_650.0, 70.0),
+    ],
+)
+def test_book_as_of_when_fills_after_ts_undoes_them(ts, cash, position):
+    got_cash, positions = _book().as_of(ts)
+
+    assert got_cash == pytest.approx(cash)
+    assert positions.get("AAPL", 0.0) == pytest.approx(position)
+
+
+def test_book_apply_when_unit_value_given_moves_cash_by_price_times_unit_value():
+    book = Book(1_000.0)
+
+    book.apply(execution(side="BUY", quantity=10.0, price=98.5), 0.01)
+
+    assert book.cash == pytest.approx(1_000.0 - 10.0 * 98.5 * 0.01)
+    assert book.positions == {"AAPL": 10.0}
+    assert book.last_fill_value("AAPL", execution()["ts_event"]) == pytest.approx(98.5 * 0.01)
+
+
+def test_book_as_of_when_called_does_not_change_the_live_book():
+    book = _book()
+
+    book.as_of(T0)
+
+    assert book.positions == {"AAPL": pytest.approx(70.0)}
+    assert book.cash == pytest.approx(CAPITAL - 6_650.0)
+
+
+# --- TimeLog ------------------------------------------------------------------------------------
+
+_LOG = [
+    (T0, "c1", "HALTED"),
+    (T0 + SECOND, "c2", "ACTIVE"),
+    (T0 + SECOND, "c3", "REDUCE_ONLY"),  # same ts: tie broken by id, not arrival
+    (T0 + 5 * SECOND, "c4", "ACTIVE"),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_timelog_as_of_when_inserted_in_any_order_picks_last_at_or_before(seed):
+    entries = list(_LOG)
+    random.Random(seed).shuffle(entries)
+    log = TimeLog()
+    for ts, tiebreak, value in entries:
+        log.add(ts, tiebreak, value)
+
+    assert log.as_of(T0 - 1, "none") == "none"
+    assert log.as_of(T0) == "HALTED"
+    assert log.as_of(T0 + SECOND - 1) == "HALTED"
+    assert log.as_of(T0 + SECOND) == "REDUCE_ONLY"
+    assert log.as_of(T0 + 4 * SECOND) == "REDUCE_ONLY"
+    assert log.as_of(T0 + 5 * SECOND) == "ACTIVE"
+
+
+def test_timelog_as_of_when_tiebreak_is_any_string_includes_entries_at_ts():
+    log = TimeLog()
+    log.add(T0, "\U0001f512-lock", "HALTED")  # a command id starting beyond U+FFFF
+
+    assert log.as_of(T0) == "HALTED"
+
+
+# --- trading state by scope ---------------------------------------------------------------------
+
+
+def test_decide_when_global_halt_in_force_rejects_every_portfolio():
+    lg = shard()
+    feed(lg, cmd(action="HALT", scope="GLOBAL", ts_event=T0))
+
+    for pf in ("PF-1", "PF-2"):
+        record = decided(feed(lg, ask(portfolio_id=pf, ts_event=T0 + SECOND)))
+        assert record["decision"] == "REJECT"
+        assert record["trading_state"] == "HALTED"
+        assert "TRADING_HALTED" in reason_codes(record)
+
+
+def test_decide_when_portfolio_halted_leaves_other_portfolios_active():
+    lg = shard()
+    feed(lg, cmd(action="HALT", scope="PORTFOLIO", target="PF-1", ts_event=T0))
+
+    halted = decided(feed(lg, ask(portfolio_id="PF-1", quantity=10.0)))
+    other = decided(feed(lg, ask(portfolio_id="PF-2", quantity=10.0)))
+
+    assert (halted["decision"], halted["trading_state"]) == ("REJECT", "HALTED")
+    assert (other["decision"], other["trading_state"]) == ("APPROVE", "ACTIVE")
+
+
+def test_decide_when_instrument_reduce_only_applies_to_that_instrument_only():
+    lg = shard()
+    feed(lg, cmd(action="REDUCE_ONLY", scope="INSTRUMENT", target="AAPL", ts_event=T0))
+
+    aapl = decided(feed(lg, ask(instrument_id="AAPL", quantity=10.0)))
+    msft = decided(feed(lg, ask(instrument_id="MSFT", quantity=10.0)))
+
+    assert (aapl["decision"], aapl["trading_state"]) == ("REJECT", "REDUCE_ONLY")
+    assert (msft["decision"], msft["trading_state"]) == ("APPROVE", "ACTIVE")
+
+
+@pytest.mark.parametrize(
+    ("commands", "expected"),
+    [
+        ([("GLOBAL", "", "REDUCE_ONLY"), ("PORTFOLIO", "PF-1", "HALT")], "HALTED"),
+        ([("GLOBAL", "", "HALT"), ("INSTRUMENT", "AAPL", "REDUCE_ONLY")], "HALTED"),
+        ([("PORTFOLIO", "PF-1", "REDUCE_ONLY"), ("INSTRUMENT", "AAPL", "RESUME")], "REDUCE_ONLY"),
+        ([("PORTFOLIO", "PF-1", "HALT"), ("GLOBAL", "", "RESUME")], "HALTED"),
+        ([("INSTRUMENT", "AAPL", "HALT"), ("INSTRUMENT", "AAPL", "RESUME")], "ACTIVE"),
+        ([("PORTFOLIO", "PF-2", "HALT"), ("INSTRUMENT", "MSFT", "HALT")], "ACTIVE"),
+    ],
+)
+def test_trading_state_when_scopes_disagree_strictest_wins(commands, expected):
+    lg = shard()
+    for i, (scope, target, action) in enumerate(commands):
+        feed(lg, cmd(action=action, scope=scope, target=target, ts_event=T0 + i))
+
+    assert lg.state.trading_state("PF-1", "AAPL", T0 + SECOND) == expected
+
+
+def test_decide_when_halt_is_later_than_proposal_ignores_it_even_if_it_arrived_first():
+    lg = shard()
+    feed(lg, cmd(action="HALT", scope="GLOBAL", ts_event=T0 + 5 * SECOND))
+
+    before = decided(feed(lg, ask(ts_event=T0 + SECOND, quantity=10.0)))
+    after = decided(feed(lg, ask(ts_event=T0 + 6 * SECOND, ts_last=T0 + 6 * SECOND)))
+
+    assert (before["decision"], before["trading_state"]) == ("APPROVE", "ACTIVE")
+    assert after["decision"] == "REJECT"
+
+
+def test_control_when_state_changes_writes_trading_state():
+    lg = shard()
+
+    [write] = feed(lg, cmd(command_id="C-h", action="HALT", scope="PORTFOLIO", target="PF-1"))
+
+    assert isinstance(write, StateWrite)
+    assert write.key == "trading_state:PORTFOLIO:PF-1"
+    assert write.fields["state"] == "HALTED"
+    assert write.fields["command_id"] == "C-h"
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def _set_limit(scope: str, target: str, name: str, value: float, ts: int = T0) -> Inbound:
+    return cmd(
+        action="SET_LIMIT",
+        scope=scope,
+        target=target,
+        limit_name=name,
+        limit_value=value,
+        ts_event=ts,
+    )
+
+
+def test_decide_when_portfolio_limit_set_applies_to_that_portfolio_only():
+    lg = shard()
+    feed(lg, _set_limit("PORTFOLIO", "PF-1", "max_order_notional", 1_000.0))
+
+    limited = decided(feed(lg, ask(portfolio_id="PF-1", quantity=100.0)))
+    other = decided(feed(lg, ask(portfolio_id="PF-2", quantity=100.0)))
+
+    assert (limited["decision"], limited["allowed_quantity"]) == ("REDUCE", 10.0)
+    assert reason_codes(limited) == ["MAX_ORDER_NOTIONAL"]
+    assert (other["decision"], other["allowed_quantity"]) == ("APPROVE", 100.0)
+
+
+def test_limits_as_of_when_global_and_portfolio_set_portfolio_overrides():
+    lg = shard()
+    feed(
+        lg,
+        _set_limit("GLOBAL", "", "concentration", 0.10),
+        _set_limit("PORTFOLIO", "PF-1", "concentration", 0.05),
+        _set_limit("GLOBAL", "", "max_adv_share", 0.02),
+    )
+
+    pf1 = lg.state.limits_as_of(Limits(), "PF-1", T0 + SECOND)
+    pf2 = lg.state.limits_as_of(Limits(), "PF-2", T0 + SECOND)
+
+    assert (pf1.concentration, pf1.max_adv_share) == (0.05, 0.02)
+    assert (pf2.concentration, pf2.max_adv_share) == (0.10, 0.02)
+    assert pf1.max_order_notional == Limits().max_order_notional
+
+
+def test_limits_as_of_when_before_the_command_uses_configured_limits():
+    lg = shard()
+    feed(lg, _set_limit("PORTFOLIO", "PF-1", "concentration", 0.05, ts=T0 + 5 * SECOND))
+
+    assert lg.state.limits_as_of(Limits(), "PF-1", T0 + SECOND) == Limits()
+    assert lg.state.limits_as_of(Limits(), "PF-1", T0 + 5 * SECOND).concentration == 0.05
+
+
+def test_decide_when_limit_set_to_zero_rejects_without_raising():
+    lg = shard()
+    feed(lg, _set_limit("GLOBAL", "", "max_order_notional", 0.0))
+
+    record = decided(feed(lg, ask(quantity=10.0)))
+
+    assert record["decision"] == "REJECT"
+
+
+# --- books in decisions -------------------------------------------------------------------------
+
+
+def test_decide_when_fill_is_later_than_proposal_ignores_it():
+    lg = shard()
+    feed(lg, fill(side="BUY", quantity=20_000.0, price=100.0, ts_event=T0 + 5 * SECOND))
+
+    record = decided(feed(lg, ask(quantity=10_000.0, ts_event=T0 + SECOND)))
+
+    # as of T0+1s the book is flat: 10,000 x 100 = 10% of 10m
+    assert record["decision"] == "APPROVE"
+
+
+def test_decide_when_fill_precedes_proposal_counts_the_position():
+    lg = shard()
+    feed(lg, fill(side="BUY", quantity=20_000.0, price=100.0, ts_event=T0))
+
+    record = decided(feed(lg, ask(quantity=10_000.0, ts_event=T0 + SECOND)))
+
+    # 25% of 10m at 100 = 25,000 units; 20,000 held -> 5,000 more
+    assert (record["decision"], record["allowed_quantity"]) == ("REDUCE", 5_000.0)
+
+
+def test_book_view_when_no_mark_values_other_holdings_without_later_fills():
+    lg = shard()
+    feed(
+        lg,
+        fill(instrument_id="MSFT", quantity=100.0, price=100.0, ts_event=T0),
+        fill(instrument_id="MSFT", quantity=100.0, price=150.0, ts_event=T0 + 5 * SECOND),
+    )
+    priced = ask(instrument_id="AAPL", ts_event=T0 + SECOND)
+
+    view = lg.state.book_view(lg.state.books["PF-1"], priced)
+
+    # as of T0+1s: 100 MSFT bought at 100, no mark yet -> valued at the fill price known then
+    assert view.value == pytest.approx(CAPITAL)
+
+
+def test_book_view_when_mark_known_values_holdings_at_mark_as_of_ts():
+    lg = shard()
+    feed(
+        lg,
+        fill(instrument_id="MSFT", quantity=100.0, price=100.0, ts_event=T0),
+        Mark("MSFT", T0 + SECOND, 120.0, 1.0, 0.02),
+        Mark("MSFT", T0 + 10 * SECOND, 200.0, 1.0, 0.02),
+    )
+
+    view = lg.state.book_view(
+        lg.state.books["PF-1"], ask(instrument_id="AAPL", ts_event=T0 + 2 * SECOND)
+    )
+
+    assert view.value == pytest.approx(CAPITAL - 10_000.0 + 12_000.0)
+    assert view.exposures == {"MSFT": (pytest.approx(12_000.0), 0.02)}
+    assert view.position == 0.0
+
+
+# --- dedupe -------------------------------------------------------------------------------------
+
+
+def test_decide_when_proposal_id_repeats_dead_letters_duplicate_proposal():
+    lg = shard()
+    p = ask(proposal_id="P-dup", quantity=10.0)
+
+    first = feed(lg, p)
+    second = feed(lg, ask(proposal_id="P-dup", quantity=20.0))
+
+    assert decided(first)["proposal_id"] == "P-dup"
+    [letter] = second
+    assert isinstance(letter, DeadLetterItem)
+    assert letter.record["error_code"] == "DUPLICATE_PROPOSAL"
+    assert letter.record["payload"] == b"raw"
+    assert letter.record["step"] == "decide"
+
+
+def test_execute_when_execution_id_repeats_applies_it_once():
+    lg = shard()
+    f = fill(execution_id="E-dup", quantity=100.0, price=100.0)
+
+    first = feed(lg, f)
+    second = feed(lg, f, fill(execution_id="E-dup", quantity=100.0, price=100.0))
+
+    assert len(first) == 1 and isinstance(first[0], StateWrite)
+    assert second == []
+    assert lg.state.books["PF-1"].positions == {"AAPL": 100.0}
+    assert lg.state.books["PF-1"].cash == pytest.approx(CAPITAL - 10_000.0)
+
+
+def test_execute_when_applied_writes_the_book():
+    lg = shard()
+
+    [write] = feed(lg, fill(portfolio_id="PF-7", quantity=3.0, price=10.0, ts_event=T0))
+
+    assert write.key == "book:PF-7"
+    assert write.ts_event == T0
+    assert write.fields["positions"] == '{"AAPL": 3.0}'
+    assert float(write.fields["cash"]) == pytest.approx(CAPITAL - 30.0)
+
+
+def test_execute_when_reference_data_missing_holds_fill_until_it_arrives():
+    lg = ShardLogic(CONFIG, None)
+
+    held = feed(lg, fill(instrument_id="UST10", quantity=1_000.0, price=98.0, ts_event=T0))
+    out = feed(lg, ref("UST10", face_value=0.01))
+
+    assert held == []
+    [write] = out
+    assert isinstance(write, StateWrite) and write.key == "book:PF-1"
+    assert lg.state.books["PF-1"].cash == pytest.approx(CAPITAL - 1_000.0 * 98.0 * 0.01)
+
+
+def test_decide_when_earlier_fill_is_held_waits_for_its_reference_data():
+    lg = ShardLogic(CONFIG, None)
+    feed(lg, ref("AAPL"))
+    feed(lg, fill(instrument_id="UST10", quantity=1_000.0, price=100.0, ts_event=T0))
+
+    early = feed(lg, ask(quantity=10.0, ts_event=T0 + SECOND))
+    out = feed(lg, ref("UST10", face_value=0.01))
+
+    assert [o for o in early if isinstance(o, Decided)] == []
+    record = decided(out)
+    assert record["proposal_id"] is not None
+    assert record["decision"] == "APPROVE"
+
+
+def test_on_eof_when_fill_never_got_reference_data_dead_letters_it():
+    lg = ShardLogic(CONFIG, None)
+    feed(lg, fill(instrument_id="NOPE", ts_event=T0))
+
+    out, _ = lg.on_eof()
+
+    [letter] = [o for o in out if isinstance(o, DeadLetterItem)]
+    assert letter.record["error_code"] == "UNKNOWN_INSTRUMENT"
+
+
+# --- decisions are publishable ------------------------------------------------------------------
+
+
+def test_decide_when_answering_produces_a_record_that_encodes_as_risk_score():
+    lg = shard()
+    record = decided(feed(lg, ask(quantity=10.0)))
+    codec = SingleObjectCodec()
+
+    assert codec.decode("RiskScore", codec.encode("RiskScore", record)) == record
+    assert (record["source_topic"], record["source_partition"], record["source_offset"]) == (
+        "trade.proposals",
+        1,
+        5,
+    )
+
+
+# --- shard keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("portfolio_id", "shards", "expected"),
+    [
+        # zlib.crc32: PF-1 = 0xEFAA7B19, PF-2 = 0x76A32AA3, desk-emea-07 = 0x38FBACD5
+        ("PF-1", 8, "shard-001"),
+        ("PF-2", 8, "shard-003"),
+        ("desk-emea-07", 8, "shard-005"),
+        ("PF-1", 16, "shard-009"),
+        ("PF-1", 4096, "shard-2841"),
+        ("PF-1", 1, "shard-000"),
+    ],
+)
+def test_shard_key_when_hashing_portfolio_is_stable_crc32_modulo_shards(
+    portfolio_id, shards, expected
+):
+    assert shard_key(portfolio_id, shards) == expected
+
+
+def test_shard_key_when_any_portfolio_lands_in_a_broadcast_key():
+    keys = set(all_shard_keys(8))
+
+    assert len(keys) == 8
+    assert {shard_key(f"PF-{i}", 8) for i in range(200)} <= keys
+
+
+def test_shard_state_when_new_is_empty():
+    state = ShardState()
+
+    assert state.trading_state("PF-1", "AAPL", T0) == "ACTIVE"
+    assert state.mark_as_of("AAPL", T0) is None
