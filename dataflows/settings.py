@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     bar_interval_s: float = Field(1.0, ge=0.001, le=86_400 * 7)
     bars_per_day: float | None = Field(None, gt=0)
     """Bars in one trading day for daily volatility; unset: 6.5 hours of bars."""
+    allowed_lateness_ms: float = Field(0.0, ge=0, le=3_600_000)
+    """How far ticks, fills and controls may be out of order within a partition; decisions
+    wait this much longer for stragglers."""
     stale_after_s: float = Field(30.0, gt=0, le=86_400 * 365)
     max_wait_ms: float = Field(250.0, ge=0, le=3_600_000)
     metrics_port: int = Field(9464, ge=0, le=65535)
@@ -157,6 +160,7 @@ class Settings(BaseSettings):
             bars_per_day=self.bars_per_day,
             stale_after_ns=int(self.stale_after_s * NS),
             max_wait_ns=int(self.max_wait_ms * 1e6),
+            lateness_ns=int(self.allowed_lateness_ms * 1e6),
             wait_for_data=wait_for_data,
         )
 

@@ -1,4 +1,10 @@
-"""Per-instrument state: ticks, bar features, and the as-of join of proposals."""
+"""Per-instrument state: ticks, kernel features at bar closes, and the as-of join of proposals.
+
+Point in time: a proposal at ``T`` is judged on the last tick at or before ``T`` and on the
+features of the last bar that ended at or before ``T - lateness`` (such a bar is closed,
+whatever the arrival order, once a tick after ``T`` has been seen). Proposals wait until
+then: live runs at most ``max_wait_ns`` of wall-clock time (then stale), replays for data.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +14,37 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
 from operators.config import EngineConfig
-from operators.features import BarFeatures
+from operators.deadletter import dead_letter
+from operators.kernels import BondSpec, FeatureConfig, InstrumentFeatures
+from operators.kernels.fixed_income import bond_risk
+from operators.kernels.liquidity import quoted_spread_bps
 from operators.records import (
     DeadLetterItem,
     Inbound,
     Mark,
     MarketView,
     PricedProposal,
+    Record,
     StateWrite,
 )
 
-TICK_HISTORY = 1024
-BAR_HISTORY = 256
+TICK_HISTORY = 4096
+BAR_HISTORY = 512
+NS_PER_DAY = 86_400 * 1_000_000_000
 
 InstrumentOut = PricedProposal | Mark | StateWrite | DeadLetterItem
+Tick = tuple[float, float, float, float]
+"""(bid, ask, last, yield or NaN)."""
 
 
 @dataclass
 class Pending:
-    """A proposal waiting for ticks up to its ts_event."""
+    """A proposal waiting for the ticks up to its ts_event."""
 
     item: Inbound
     deadline_ns: int
@@ -41,99 +54,125 @@ class Pending:
 class InstrumentState:
     """Everything the flow keeps for one instrument; pickles for recovery."""
 
-    bars: BarFeatures
+    features: InstrumentFeatures
     instrument_id: str = ""
-    instrument: dict | None = None
+    instrument: Record | None = None
     tick_ts: deque[int] = field(default_factory=lambda: deque(maxlen=TICK_HISTORY))
-    tick_px: deque[tuple[float, float, float]] = field(
-        default_factory=lambda: deque(maxlen=TICK_HISTORY)
-    )
+    ticks: deque[Tick] = field(default_factory=lambda: deque(maxlen=TICK_HISTORY))
     bar_ts: deque[int] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
     bar_values: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
+    watermark: int = -1
+    """Largest tick event time seen (-1 before the first tick)."""
     pending: list[Pending] = field(default_factory=list)
 
-    @property
-    def watermark(self) -> int:
-        """Largest tick event time seen (-1 before the first tick)."""
-        return self.tick_ts[-1] if self.tick_ts else -1
-
-    def add_tick(self, tick: dict) -> dict[str, float] | None:
-        """Record a tick in time order; return bar-close features if a bar closed."""
+    def add_tick(self, tick: Record) -> tuple[list[int], str | None]:
+        """Record a tick; the end times of the bars it closed, and a rejection reason."""
         ts = tick["ts_event"]
-        px = (tick["bid"], tick["ask"], tick["last"])
-        if self.tick_ts and ts < self.tick_ts[-1]:
-            self._insert_late(ts, px)
-            return None
-        self.tick_ts.append(ts)
-        self.tick_px.append(px)
-        closed = self.bars.on_tick(ts, tick["last"], tick["size"])
-        if closed is not None:
-            self.bar_ts.append(int(closed["bar_close_ts"]))
-            self.bar_values.append(closed)
-        return closed
-
-    def _insert_late(self, ts: int, px: tuple[float, float, float]) -> None:
-        """Keep the tick history sorted when a tick arrives out of order."""
+        yld = tick.get("yield")
+        res = self.features.on_tick(ts, tick["bid"], tick["ask"], tick["last"], tick["size"], yld)
+        if res.reason is not None:
+            return [], res.reason
+        row = (tick["bid"], tick["ask"], tick["last"], math.nan if yld is None else yld)
         i = bisect.bisect_right(self.tick_ts, ts)
-        if len(self.tick_ts) == TICK_HISTORY:
-            if i == 0:
-                return  # older than the whole history
-            self.tick_ts.popleft()
-            self.tick_px.popleft()
-            i -= 1
-        self.tick_ts.insert(i, ts)
-        self.tick_px.insert(i, px)
+        if i == len(self.tick_ts):
+            self.tick_ts.append(ts)
+            self.ticks.append(row)
+        elif i or len(self.tick_ts) < TICK_HISTORY:  # out of order, within the lateness
+            if len(self.tick_ts) == TICK_HISTORY:  # drop the oldest to make room
+                self.tick_ts.popleft()
+                self.ticks.popleft()
+                i -= 1
+            self.tick_ts.insert(i, ts)
+            self.ticks.insert(i, row)
+        self.watermark = max(self.watermark, ts)
+        ends = [bar.end_ns for bar in res.closed_bars]
+        if ends:  # bars close in order; features() now describe the newest one
+            self.bar_ts.append(ends[-1])
+            self.bar_values.append(self.features.bar_features())
+        return ends, None
 
-    def view_as_of(self, ts: int) -> MarketView:
-        """Market state at event time ``ts``: the last tick and bar at or before it."""
+    def view_as_of(self, ts: int, lateness_ns: int) -> MarketView:
+        """Market state at ``ts``: the last tick at or before it, the last settled bar."""
+        j = bisect.bisect_right(self.bar_ts, ts - lateness_ns)
+        features = (
+            {k: v for k, v in self.bar_values[j - 1].items() if math.isfinite(v)} if j else {}
+        )
         i = bisect.bisect_right(self.tick_ts, ts)
-        j = bisect.bisect_right(self.bar_ts, ts)
-        features = dict(self.bar_values[j - 1]) if j else {}
         if not i:
             return MarketView(self.instrument, features=features)
-        bid, ask, last = self.tick_px[i - 1]
-        mid = 0.5 * (bid + ask)
-        features["spread_bps"] = (ask - bid) / mid * 1e4
+        bid, ask, last, yld = self.ticks[i - 1]
+        features["mid"] = 0.5 * (bid + ask)
+        features["quoted_spread_bps"] = quoted_spread_bps(bid, ask)
+        features.update(bond_features(self.instrument, ts, yld))
         return MarketView(self.instrument, self.tick_ts[i - 1], last, bid, ask, features)
 
 
-def snapshot_write(instrument_id: str, state: InstrumentState, ts: int) -> StateWrite:
-    """Redis write of an instrument's latest features."""
-    view = state.view_as_of(ts)
-    fields = {k: repr(v) for k, v in view.features.items() if not math.isnan(v)}
-    fields.update(last=repr(view.last), bid=repr(view.bid), ask=repr(view.ask))
-    return StateWrite(f"instrument:{instrument_id}", ts, fields)
+def bond_spec(instrument: Record | None) -> BondSpec | None:
+    """The bond terms of a reference record (None for anything that is not a fixed-rate bond).
 
-
-def mark_of(instrument_id: str, state: InstrumentState, values: dict[str, float]) -> Mark:
-    """The bar-close mark broadcast to the portfolio shards."""
-    unit_value = state.instrument["face_value"] if state.instrument else 1.0
-    vol = values["daily_vol"]
-    return Mark(
-        instrument_id,
-        int(values["bar_close_ts"]),
-        values["bar_close"],
-        unit_value,
-        0.0 if math.isnan(vol) else vol,
+    The schema has no issue date; a schedule generated back from maturity is regular, so
+    the issue is taken far enough back not to matter.
+    """
+    if instrument is None or instrument.get("coupon") is None or not instrument.get("maturity"):
+        return None
+    maturity = datetime.fromtimestamp(instrument["maturity"] / 1e9, tz=UTC).date()
+    return BondSpec(
+        coupon=instrument["coupon"],
+        maturity=maturity,
+        issue=date(maturity.year - 60, maturity.month, min(maturity.day, 28)),
+        frequency=instrument.get("coupon_frequency") or 2,
+        day_count="ACT/365F" if instrument.get("day_count") == "ACT/365F" else "30/360",
     )
+
+
+def bond_features(instrument: Record | None, ts: int, yld: float) -> dict[str, float]:
+    """Duration, convexity and DV01 at the tick's yield, settling on its UTC date."""
+    spec = bond_spec(instrument)
+    settle = datetime.fromtimestamp(ts / 1e9, tz=UTC).date()
+    if spec is None or not math.isfinite(yld) or settle >= spec.maturity:
+        return {}
+    risk = bond_risk(spec, settle, yld)
+    return {
+        "bond_yield": yld,
+        "bond_clean_price": risk.clean,
+        "bond_mod_duration": risk.modified,
+        "bond_mac_duration": risk.macaulay,
+        "bond_convexity": risk.convexity,
+        "bond_dv01": risk.dv01,
+    }
+
+
+def daily_vol(values: dict[str, float], bars_per_day: float) -> float:
+    """Daily volatility: EWMA per-bar volatility (realized until EWMA is warm) x sqrt(bars)."""
+    for name in ("ewm_vol_0.94", "rvol_20"):
+        vol = values.get(name, math.nan)
+        if math.isfinite(vol):
+            return vol * math.sqrt(bars_per_day)
+    return math.nan
 
 
 def _now_ns() -> int:
     return int(datetime.now(UTC).timestamp() * 1e9)
 
 
-class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState]):
-    """Keeps one instrument's state and answers proposals as of their own ts_event.
+def _ref_fields(rec: Record) -> dict[str, str]:
+    return {k: str(v) for k, v in rec.items() if v is not None and k != "ts_event"}
 
-    A proposal is released once a tick after its ts_event has been seen, so the state it
-    is judged on is complete. Live runs give up after ``max_wait_ns`` of wall-clock time
-    and mark the decision stale; replays (``wait_for_data``) wait for data or the end.
-    """
+
+class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState]):
+    """Keeps one instrument's features and answers proposals as of their own ts_event."""
 
     def __init__(self, config: EngineConfig, state: InstrumentState | None) -> None:
         self.config = config
+        self.bars_per_day = config.bars_per_day or max(1.0, 6.5 * 3600e9 / config.bar_interval_ns)
         self.state = state or InstrumentState(
-            BarFeatures(config.bar_interval_ns, config.ewma_lambda, config.bars_per_day)
+            InstrumentFeatures(
+                FeatureConfig(
+                    bar_interval_ns=config.bar_interval_ns,
+                    lateness_ns=config.lateness_ns,
+                    ewma_lambda=config.ewma_lambda,
+                )
+            )
         )
 
     def on_batch(self, values: list[Inbound]) -> tuple[Iterable[InstrumentOut], bool]:
@@ -143,36 +182,50 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
             rec = item.record
             st.instrument_id = rec["instrument_id"]
             if item.kind == "MarketTick":
-                closed = st.add_tick(rec)
-                if st.pending:
-                    out.extend(self._release(self._complete))
-                if closed is not None:
-                    out.append(mark_of(self.state.instrument_id, st, closed))
-                    out.append(
-                        snapshot_write(self.state.instrument_id, st, int(closed["bar_close_ts"]))
-                    )
+                out.extend(self._tick(item))
             elif item.kind == "Instrument":
                 st.instrument = rec
                 out.append(
-                    StateWrite(
-                        f"reference:{self.state.instrument_id}", rec["ts_event"], _ref_fields(rec)
-                    )
+                    StateWrite(f"reference:{st.instrument_id}", rec["ts_event"], _ref_fields(rec))
                 )
-                if st.pending:
-                    out.extend(self._release(self._complete))
             else:
                 pending = Pending(item, item.received_ns + self.config.max_wait_ns)
                 if self._complete(pending):
                     out.append(self._priced(item, stale=False))
                 else:
                     st.pending.append(pending)
+        if st.pending:
+            out.extend(self._release(self._complete))
         return out, StatefulBatchLogic.RETAIN
 
-    def _complete(self, p: Pending) -> bool:
-        """Reference data is known and a tick after the proposal has been seen."""
-        return (
-            self.state.instrument is not None and p.item.record["ts_event"] < self.state.watermark
+    def _tick(self, item: Inbound) -> list[InstrumentOut]:
+        st = self.state
+        ends, reason = st.add_tick(item.record)
+        if reason is not None:
+            late = f"instrument: tick at {item.record['ts_event']} is behind the bars closed for"
+            why = f"{late} {st.instrument_id!r}" if reason == "LATE" else f"instrument: {reason}"
+            letter = dead_letter(
+                item.source, reason, why, "instrument", item.record["ts_event"], item.key, item.raw
+            )
+            return [DeadLetterItem(letter)]
+        if not ends:
+            return []
+        end = ends[-1]
+        values = st.bar_values[-1]
+        unit_value = st.instrument["face_value"] if st.instrument else 1.0
+        vol = daily_vol(values, self.bars_per_day)
+        mark = Mark(
+            st.instrument_id, end, values["bar_close"], unit_value, 0.0 if math.isnan(vol) else vol
         )
+        fields = {k: repr(v) for k, v in values.items() if math.isfinite(v)}
+        fields["daily_vol"] = repr(vol) if math.isfinite(vol) else "nan"
+        return [mark, StateWrite(f"instrument:{st.instrument_id}", end, fields)]
+
+    def _complete(self, p: Pending) -> bool:
+        """Reference data is known and no tick at or before the proposal can still come."""
+        st = self.state
+        settled = st.watermark - self.config.lateness_ns
+        return st.instrument is not None and p.item.record["ts_event"] < settled
 
     def _release(self, ready: Callable[[Pending], bool]) -> list[PricedProposal]:
         keep: list[Pending] = []
@@ -183,7 +236,11 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
         return [self._priced(p.item, not self._complete(p)) for p in done]
 
     def _priced(self, item: Inbound, stale: bool) -> PricedProposal:
-        view = self.state.view_as_of(item.record["ts_event"])
+        view = self.state.view_as_of(item.record["ts_event"], self.config.lateness_ns)
+        if view.features:
+            vol = daily_vol(view.features, self.bars_per_day)
+            if math.isfinite(vol):
+                view.features["daily_vol"] = vol
         return PricedProposal(
             item.record, view, item.source, item.received_ns, stale, item.key, item.raw
         )
@@ -203,7 +260,3 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
 
     def snapshot(self) -> InstrumentState:
         return copy.deepcopy(self.state)
-
-
-def _ref_fields(rec: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in rec.items() if v is not None and k != "ts_event"}

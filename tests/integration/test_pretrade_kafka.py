@@ -108,7 +108,8 @@ def test_executions_when_applied_leave_the_book_in_redis(settings):
     assert json.loads(book["positions"]) == {"AAPL": 200.0, "BOND1": 50.0}
     assert float(book["cash"]) == 10_000_000 - 300 * 100.0 + 100 * 101.0 - 50 * 95.0 * 10.0
     inst = client.hgetall(f"{settings.redis_prefix}instrument:AAPL")
-    assert float(inst["last"]) == 100.0
+    assert float(inst["bar_close"]) == 100.0
+    assert float(inst["log_return_1"]) == 0.0  # kernel features; NaN ones (warm-up) are omitted
 
 
 def test_flood_of_malformed_records_when_mixed_with_good_loses_nothing(settings):
