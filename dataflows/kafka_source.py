@@ -108,7 +108,7 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         from_end: bool = False,
         tail: bool = True,
         batch_size: int = 1000,
-        idle_every_ns: int = 10_000_000,
+        idle_every_ns: int = 5_000_000,
     ) -> None:
         self.config = {
             "group.id": "riskstream-unused",  # assign() only: offsets live in snapshots

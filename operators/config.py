@@ -83,5 +83,5 @@ class EngineConfig:
     fence_kinds: tuple[str, ...] = ("ControlCommand", "Execution")
     lateness_ns: int = 0
     """How far records may be out of order within one partition (event time)."""
-    idle_margin_ns: int = 50_000_000
+    idle_margin_ns: int = 10_000_000
     """Live: a caught-up partition counts as progressed to wall clock minus this."""

@@ -44,7 +44,7 @@ def band(score: float) -> str:
 
 def undiversified_var(exposures: dict[str, tuple[float, float]], z: float) -> float:
     """1-day parametric VaR summing each position's stand-alone VaR (an upper bound)."""
-    return z * sum(abs(notional) * vol for notional, vol in exposures.values())
+    return z * math.fsum(abs(notional) * vol for notional, vol in exposures.values())
 
 
 def _factor(name: str, utilisation: float) -> Record:

@@ -63,8 +63,10 @@ def parse_batch(
             seen = record["ts_event"] - config.lateness_ns + 1
             progress[part] = max(progress.get(part, 0), seen)
         out.append(Inbound(kind, record, source, now, msg.key, msg.value))
+    lanes: dict[str, list[tuple[str, int, int]]] = {}
     for (topic, partition), ts in progress.items():
-        out.append(Progress(kinds[topic], topic, partition, ts))
+        lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
+    out.extend(Progress(kind, tuple(parts)) for kind, parts in lanes.items())
     for topic, n in counts.items():
         metrics.MESSAGES.labels(topic).inc(n)
     return out

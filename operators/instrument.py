@@ -212,11 +212,8 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
             return []
         end = ends[-1]
         values = st.bar_values[-1]
-        unit_value = st.instrument["face_value"] if st.instrument else 1.0
         vol = daily_vol(values, self.bars_per_day)
-        mark = Mark(
-            st.instrument_id, end, values["bar_close"], unit_value, 0.0 if math.isnan(vol) else vol
-        )
+        mark = Mark(st.instrument_id, end, values["bar_close"], 0.0 if math.isnan(vol) else vol)
         fields = {k: repr(v) for k, v in values.items() if math.isfinite(v)}
         fields["daily_vol"] = repr(vol) if math.isfinite(vol) else "nan"
         return [mark, StateWrite(f"instrument:{st.instrument_id}", end, fields)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import copy
 import json
+import math
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -67,33 +68,73 @@ class TimeLog:
         return self.values[i - 1] if i else default
 
 
+def add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to a sum kept as non-overlapping partials (Shewchuk), exactly.
+
+    ``math.fsum(partials)`` is then the correctly rounded sum, whatever order the terms
+    came in: books built from fills in any arrival order are bit-identical.
+    """
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
 @dataclass
 class Book:
-    """Positions and cash of one portfolio, with the fills needed to look back in time."""
+    """Positions and cash of one portfolio, with the fills needed to look back in time.
 
-    cash: float
-    positions: dict[str, float] = field(default_factory=dict)
+    Sums are exact (see ``add_exact``), so the book does not depend on fill arrival order.
+    """
+
+    capital: float
+    cash_parts: list[float] = field(default_factory=list)
+    position_parts: dict[str, list[float]] = field(default_factory=dict)
     fills: list[tuple[int, str, str, float, float, float]] = field(default_factory=list)
     """(ts, execution_id, instrument_id, signed quantity, cash change, cash per unit of
     quantity), sorted by time."""
 
+    def __post_init__(self) -> None:
+        if not self.cash_parts:
+            self.cash_parts = [self.capital]
+
+    @property
+    def cash(self) -> float:
+        """Cash now."""
+        return math.fsum(self.cash_parts)
+
+    @property
+    def positions(self) -> dict[str, float]:
+        """Positions now, by instrument."""
+        return {k: math.fsum(v) for k, v in sorted(self.position_parts.items())}
+
     def apply(self, fill: Record, unit_value: float) -> None:
         """Apply one execution (``unit_value``: the instrument's face value)."""
         qty = fill["quantity"] if fill["side"] == "BUY" else -fill["quantity"]
-        cash = -qty * fill["price"] * unit_value
-        inst = fill["instrument_id"]
-        self.positions[inst] = self.positions.get(inst, 0.0) + qty
-        self.cash += cash
         unit_cash = fill["price"] * unit_value
-        entry = (fill["ts_event"], fill["execution_id"], inst, qty, cash, unit_cash)
-        bisect.insort(self.fills, entry)
+        cash = -qty * unit_cash
+        inst = fill["instrument_id"]
+        add_exact(self.position_parts.setdefault(inst, []), qty)
+        add_exact(self.cash_parts, cash)
+        bisect.insort(
+            self.fills, (fill["ts_event"], fill["execution_id"], inst, qty, cash, unit_cash)
+        )
 
     def as_of(self, ts: int) -> tuple[float, dict[str, float]]:
-        """Cash and positions at event time ``ts`` (later fills undone)."""
-        cash, positions = self.cash, dict(self.positions)
-        for _, _, inst, qty, dcash, _ in self.fills[self._cut(ts) :]:
-            positions[inst] -= qty
-            cash -= dcash
+        """Cash and positions at event time ``ts`` (later fills undone, exactly)."""
+        later = self.fills[self._cut(ts) :]
+        cash = math.fsum([*self.cash_parts, *(-f[4] for f in later)])
+        positions = {}
+        for inst, parts in sorted(self.position_parts.items()):
+            undo = [-f[3] for f in later if f[2] == inst]
+            positions[inst] = math.fsum([*parts, *undo]) if undo else math.fsum(parts)
         return cash, positions
 
     def last_fill_value(self, instrument_id: str, ts: int) -> float:
@@ -163,18 +204,19 @@ class ShardState:
         """The proposal's portfolio at its ts_event, marked to market."""
         ts = priced.proposal["ts_event"]
         cash, positions = book.as_of(ts)
-        value, exposures = cash, {}
+        values, exposures = [cash], {}
         own = priced.proposal["instrument_id"]
         for inst, qty in positions.items():
             mark = self.mark_as_of(inst, ts)
-            unit_cash = mark.price * mark.unit_value if mark else book.last_fill_value(inst, ts)
+            face = self.references[inst]["face_value"]  # known: fills wait for it
+            unit_cash = mark.price * face if mark else book.last_fill_value(inst, ts)
             vol = mark.daily_vol if mark else 0.0
             if inst == own and priced.market.last is not None and priced.market.instrument:
                 unit_cash = priced.market.last * priced.market.instrument["face_value"]
-            value += qty * unit_cash
+            values.append(qty * unit_cash)
             if qty:
                 exposures[inst] = (qty * unit_cash, vol)
-        return BookView(positions.get(own, 0.0), value, exposures)
+        return BookView(positions.get(own, 0.0), math.fsum(values), exposures)
 
 
 def _remember(seen: OrderedDict[str, None], key: str) -> bool:
@@ -193,7 +235,7 @@ def _now_ns() -> int:
 
 def book_write(portfolio_id: str, book: Book, ts: int) -> StateWrite:
     """Redis write of a portfolio's book."""
-    positions = {k: v for k, v in sorted(book.positions.items()) if v}
+    positions = {k: v for k, v in book.positions.items() if v}
     return StateWrite(
         f"book:{portfolio_id}",
         ts,
@@ -223,8 +265,9 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
             elif isinstance(item, Mark):
                 st.marks.setdefault(item.instrument_id, deque(maxlen=MARK_HISTORY)).append(item)
             elif isinstance(item, Progress):
-                part = (item.topic, item.partition)
-                st.progress[part] = max(st.progress.get(part, 0), item.ts)
+                for topic, partition, ts in item.parts:
+                    part = (topic, partition)
+                    st.progress[part] = max(st.progress.get(part, 0), ts)
             elif item.kind == "Instrument":
                 st.references[item.record["instrument_id"]] = item.record
                 out.extend(self._apply_held_fills())

@@ -75,8 +75,6 @@ class Mark:
     instrument_id: str
     ts_event: int
     price: float
-    unit_value: float
-    """Cash value of one unit per unit of price (face_value)."""
     daily_vol: float
 
 
@@ -112,10 +110,8 @@ class SourceIdle:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """No record of ``(topic, partition)`` with ts_event below ``ts`` is still to come."""
+    """For each ``(topic, partition, ts)``: no record below ``ts`` is still to come there."""
 
     kind: str
-    """Record name of the topic (``ControlCommand``, ``Execution``, ...)."""
-    topic: str
-    partition: int
-    ts: int
+    """Record name of the topics (``ControlCommand`` or ``Execution``): the lane it follows."""
+    parts: tuple[tuple[str, int, int], ...]

@@ -289,7 +289,7 @@ def test_on_batch_when_bar_closes_emits_mark_at_bar_end_with_close_price():
     out = feed(lg, px(T0 + 1_500_000_000, 103.0))
 
     [mark] = [o for o in out if isinstance(o, Mark)]
-    assert mark == Mark("AAPL", T0 + SECOND, 101.0, 0.01, 0.0)
+    assert mark == Mark("AAPL", T0 + SECOND, 101.0, 0.0)
     assert any(isinstance(o, StateWrite) and o.key == "instrument:AAPL" for o in out)
 
 

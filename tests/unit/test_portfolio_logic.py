@@ -335,8 +335,8 @@ def test_book_view_when_mark_known_values_holdings_at_mark_as_of_ts():
     feed(
         lg,
         fill(instrument_id="MSFT", quantity=100.0, price=100.0, ts_event=T0),
-        Mark("MSFT", T0 + SECOND, 120.0, 1.0, 0.02),
-        Mark("MSFT", T0 + 10 * SECOND, 200.0, 1.0, 0.02),
+        Mark("MSFT", T0 + SECOND, 120.0, 0.02),
+        Mark("MSFT", T0 + 10 * SECOND, 200.0, 0.02),
     )
 
     view = lg.state.book_view(

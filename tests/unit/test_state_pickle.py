@@ -142,7 +142,7 @@ _SHARD_EARLY = [
         execution_id="E2", instrument_id="MSFT", quantity=50.0, price=300.0, ts_event=T0 + SECOND
     ),
     _fill(execution_id="E3", side="SELL", quantity=200.0, ts_event=T0 + 3 * SECOND),
-    Mark("MSFT", T0 + 2 * SECOND, 310.0, 1.0, 0.015),
+    Mark("MSFT", T0 + 2 * SECOND, 310.0, 0.015),
     _cmd(action="REDUCE_ONLY", scope="PORTFOLIO", target="PF-2", ts_event=T0),
     _cmd(action="HALT", scope="INSTRUMENT", target="TSLA", ts_event=T0 + SECOND),
     _cmd(
@@ -246,7 +246,7 @@ def test_shard_logic_when_snapshot_taken_later_updates_do_not_change_it():
     lg.on_batch(
         [
             _fill(execution_id="E7", quantity=10.0, ts_event=T0 + 7 * SECOND),
-            Mark("MSFT", T0 + 7 * SECOND, 320.0, 1.0, 0.02),
+            Mark("MSFT", T0 + 7 * SECOND, 320.0, 0.02),
             _cmd(action="HALT", scope="GLOBAL", ts_event=T0 + 7 * SECOND),
             _ask(proposal_id="P-after", ts_event=T0 + 8 * SECOND),
         ]
