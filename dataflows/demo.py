@@ -126,10 +126,9 @@ class Fills(threading.Thread):
             r = codec.decode("RiskScore", value)
             if r["allowed_quantity"] > 0:
                 order = {k: r[k] for k in ("proposal_id", "portfolio_id", "instrument_id", "side")}
-                order |= {
-                    "ts_event": max(r["ts_event"], self.sim.config.start_ns),
-                    "limit_price": None,
-                }
+                # a fill happens after its decision: stamped now, as a venue would
+                ts = max(now_ns(), self.sim.config.start_ns)
+                order |= {"ts_event": ts, "limit_price": None}
                 fill = self.sim.fill(order, quantity=r["allowed_quantity"])
                 pub.send("executions", "Execution", fill, fill["portfolio_id"])
         pub.flush()

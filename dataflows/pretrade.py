@@ -19,7 +19,7 @@ from operators.config import EngineConfig
 from operators.ingest import ControlGateLogic, parse_batch
 from operators.instrument import InstrumentLogic
 from operators.portfolio import ShardLogic
-from operators.records import DeadLetterItem, Decided, Inbound, StateWrite
+from operators.records import DeadLetterItem, Decided, Inbound, Progress, StateWrite, TickBatch
 from operators.routing import (
     instrument_key,
     is_control_lane,
@@ -54,12 +54,13 @@ def build_pretrade_flow(
     parse = partial(parse_batch, kinds=input_kinds, codec=codec, config=config)
     decoded = op.branch("decoded", op.flat_map_batch("parse", messages, parse), is_decoded)
     control = op.branch("control_lane", decoded.trues, is_control_lane)
+    commands = cast("Stream[Inbound | Progress]", control.trues)  # commands and their progress
     fills = op.branch("execution_lane", control.falses, is_execution_lane)
-    market = cast("Stream[Inbound]", fills.falses)  # progress is only emitted for the lanes
+    market = cast("Stream[Inbound | TickBatch]", fills.falses)  # no progress in this lane
 
     gate = op.stateful_batch(
         "control_gate",
-        op.key_on("control_key", control.trues, lambda _: "control"),
+        op.key_on("control_key", commands, lambda _: "control"),
         lambda s: ControlGateLogic(config, s),
     )
     gated = op.branch("gate_ok", op.map("gate_values", gate, lambda kv: kv[1]), is_decoded)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,11 +14,20 @@ from operators.config import EngineConfig, Limits
 from operators.control import verify
 from operators.deadletter import dead_letter
 from operators.errors import CodecError, InvalidRecord
-from operators.records import END_OF_TIME, DeadLetterItem, Inbound, Progress, Source, SourceIdle
+from operators.records import (
+    END_OF_TIME,
+    DeadLetterItem,
+    Inbound,
+    Progress,
+    Source,
+    SourceIdle,
+    TickBatch,
+)
+from operators.snapshot import freeze, thaw
 from operators.validate import validate
 from schemas.codec import Codec
 
-Parsed = Inbound | DeadLetterItem | Progress
+Parsed = Inbound | DeadLetterItem | Progress | TickBatch
 
 
 def _source(msg: Any) -> Source:
@@ -40,6 +48,7 @@ def parse_batch(
     out: list[Parsed] = []
     counts: dict[str, int] = {}
     progress: dict[tuple[str, int], int] = {}
+    ticks: dict[str, list[Inbound]] = {}
     for msg in msgs:
         if isinstance(msg, SourceIdle):
             _idle_progress(msg, kinds, config, progress)
@@ -62,7 +71,12 @@ def parse_batch(
             part = (source.topic, source.partition)
             seen = record["ts_event"] - config.lateness_ns + 1
             progress[part] = max(progress.get(part, 0), seen)
-        out.append(Inbound(kind, record, source, now, msg.key, msg.value))
+        inbound = Inbound(kind, record, source, now, msg.key, msg.value)
+        if kind == "MarketTick":
+            ticks.setdefault(record["instrument_id"], []).append(inbound)
+        else:
+            out.append(inbound)
+    out.extend(TickBatch(instrument, group) for instrument, group in ticks.items())
     lanes: dict[str, list[tuple[str, int, int]]] = {}
     for (topic, partition), ts in progress.items():
         lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
@@ -96,15 +110,15 @@ class GateState:
     nonces: dict[str, int] = field(default_factory=dict)
 
 
-class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, GateState]):
+class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, bytes]):
     """Lets through only signed, fresh, first-seen control commands that make sense.
 
     Progress markers of the control topic pass through in order, after the commands.
     """
 
-    def __init__(self, config: EngineConfig, state: GateState | None) -> None:
+    def __init__(self, config: EngineConfig, state: bytes | GateState | None) -> None:
         self.config = config
-        self.state = state or GateState()
+        self.state = thaw(state, GateState) if state is not None else GateState()
 
     def on_batch(self, values: list[Inbound | Progress]) -> tuple[Iterable[Parsed], bool]:
         out = [v if isinstance(v, Progress) else self._check(v) for v in values]
@@ -144,5 +158,5 @@ class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, GateState]
         if len(nonces) > 1024:
             self.state.nonces = {n: t for n, t in nonces.items() if t >= horizon}
 
-    def snapshot(self) -> GateState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> bytes:
+        return freeze(self.state)

@@ -9,7 +9,6 @@ then: live runs at most ``max_wait_ns`` of wall-clock time (then stale), replays
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -31,7 +30,9 @@ from operators.records import (
     PricedProposal,
     Record,
     StateWrite,
+    TickBatch,
 )
+from operators.snapshot import freeze, thaw
 
 TICK_HISTORY = 4096
 BAR_HISTORY = 512
@@ -159,26 +160,35 @@ def _ref_fields(rec: Record) -> dict[str, str]:
     return {k: str(v) for k, v in rec.items() if v is not None and k != "ts_event"}
 
 
-class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState]):
+class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, bytes]):
     """Keeps one instrument's features and answers proposals as of their own ts_event."""
 
-    def __init__(self, config: EngineConfig, state: InstrumentState | None) -> None:
+    def __init__(self, config: EngineConfig, state: bytes | InstrumentState | None) -> None:
         self.config = config
         self.bars_per_day = config.bars_per_day or max(1.0, 6.5 * 3600e9 / config.bar_interval_ns)
-        self.state = state or InstrumentState(
-            InstrumentFeatures(
-                FeatureConfig(
-                    bar_interval_ns=config.bar_interval_ns,
-                    lateness_ns=config.lateness_ns,
-                    ewma_lambda=config.ewma_lambda,
+        self.state = (
+            thaw(state, InstrumentState)
+            if state is not None
+            else InstrumentState(
+                InstrumentFeatures(
+                    FeatureConfig(
+                        bar_interval_ns=config.bar_interval_ns,
+                        lateness_ns=config.lateness_ns,
+                        ewma_lambda=config.ewma_lambda,
+                    )
                 )
             )
         )
 
-    def on_batch(self, values: list[Inbound]) -> tuple[Iterable[InstrumentOut], bool]:
+    def on_batch(self, values: list[Inbound | TickBatch]) -> tuple[Iterable[InstrumentOut], bool]:
         out: list[InstrumentOut] = []
         st = self.state
         for item in values:
+            if isinstance(item, TickBatch):
+                st.instrument_id = item.instrument_id
+                for tick in item.ticks:
+                    out.extend(self._tick(tick))
+                continue
             rec = item.record
             st.instrument_id = rec["instrument_id"]
             if item.kind == "MarketTick":
@@ -255,5 +265,5 @@ class InstrumentLogic(StatefulBatchLogic[Inbound, InstrumentOut, InstrumentState
         deadline = min(p.deadline_ns for p in self.state.pending)
         return datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
-    def snapshot(self) -> InstrumentState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> bytes:
+        return freeze(self.state)

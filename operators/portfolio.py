@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import copy
 import json
 import math
 import zlib
@@ -30,6 +29,7 @@ from operators.records import (
     Record,
     StateWrite,
 )
+from operators.snapshot import freeze, thaw
 
 MARK_HISTORY = 16
 DEDUPE_WINDOW = 200_000
@@ -243,7 +243,7 @@ def book_write(portfolio_id: str, book: Book, ts: int) -> StateWrite:
     )
 
 
-class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
+class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
     """Books, controls and decisions for the portfolios of one shard.
 
     A proposal is decided once everything it must see has arrived: every fenced control
@@ -252,9 +252,9 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
     a mark from the bar before. Live runs stop waiting after ``max_wait_ns`` (stale).
     """
 
-    def __init__(self, config: EngineConfig, state: ShardState | None) -> None:
+    def __init__(self, config: EngineConfig, state: bytes | ShardState | None) -> None:
         self.config = config
-        self.state = state or ShardState()
+        self.state = thaw(state, ShardState) if state is not None else ShardState()
 
     def on_batch(self, values: list[ShardIn]) -> tuple[Iterable[ShardOut], bool]:
         out: list[ShardOut] = []
@@ -416,5 +416,5 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, ShardState]):
         deadline = min(w.deadline_ns for w in self.state.waiting)
         return datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
-    def snapshot(self) -> ShardState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> bytes:
+        return freeze(self.state)

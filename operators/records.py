@@ -95,6 +95,15 @@ class Decided:
     received_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class TickBatch:
+    """The ticks of one instrument from one parsed batch: one routed item instead of many."""
+
+    instrument_id: str
+    ticks: list[Inbound]
+    kind: str = "MarketTick"
+
+
 END_OF_TIME = 2**63 - 1
 """Event time of 'no more data' (a bounded read reached its end)."""
 

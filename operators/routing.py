@@ -15,10 +15,11 @@ from operators.records import (
     Mark,
     PricedProposal,
     Progress,
+    TickBatch,
 )
 
 
-def is_decoded(item: object) -> TypeGuard[Inbound | Progress]:
+def is_decoded(item: object) -> TypeGuard[Inbound | Progress | TickBatch]:
     """True for decoded records and progress markers, False for dead letters."""
     return not isinstance(item, DeadLetterItem)
 
@@ -28,29 +29,25 @@ def is_inbound(item: object) -> TypeGuard[Inbound]:
     return isinstance(item, Inbound)
 
 
-def kind_of(item: Inbound | Progress) -> str:
-    """Record name of a record or of the topic a progress marker belongs to."""
-    return item.kind
-
-
-def is_control_lane(item: Inbound | Progress) -> bool:
+def is_control_lane(item: Inbound | Progress | TickBatch) -> bool:
     """Control commands and their topic's progress: through the gate, then to every shard."""
     return item.kind == "ControlCommand"
 
 
-def is_execution_lane(item: Inbound | Progress) -> bool:
+def is_execution_lane(item: Inbound | Progress | TickBatch) -> bool:
     """Executions and their topic's progress go straight to the shards."""
     return item.kind == "Execution"
 
 
-def is_reference(item: Inbound | Progress) -> bool:
+def is_reference(item: Inbound | Progress | TickBatch) -> bool:
     """Reference data, which the shards need too (face value of fills)."""
     return item.kind == "Instrument"
 
 
-def instrument_key(item: Inbound | Progress) -> str:
+def instrument_key(item: Inbound | TickBatch) -> str:
     """Ticks, reference data and proposals meet at their instrument."""
-    assert isinstance(item, Inbound)
+    if isinstance(item, TickBatch):
+        return item.instrument_id
     return str(item.record["instrument_id"])
 
 

@@ -9,6 +9,7 @@ from operators.errors import InvalidRecord
 from operators.records import Record
 
 MAX_ID_LEN = 256
+INF = math.inf
 # Event times outside [2000-01-01, 2100-01-01) are rejected as absurd.
 MIN_TS_NS = 946_684_800 * 1_000_000_000
 MAX_TS_NS = 4_102_444_800 * 1_000_000_000
@@ -42,6 +43,17 @@ def _ts(record: Record) -> None:
 
 
 def _tick(r: Record) -> None:
+    iid, bid, ask, last, size = r["instrument_id"], r["bid"], r["ask"], r["last"], r["size"]
+    # Fast path for the common case: one chain of comparisons (NaN fails every one of them).
+    if 0 < len(iid) <= MAX_ID_LEN and 0 < bid <= ask < INF and 0 < last < INF and 0 <= size < INF:
+        yld = r.get("yield")
+        if yld is None or -INF < yld < INF:
+            return
+    _tick_reason(r)
+
+
+def _tick_reason(r: Record) -> None:
+    """The detailed checks, run only to name what is wrong with a tick."""
     _ids(r, "instrument_id")
     for name in ("bid", "ask", "last"):
         _positive(r, name, "INVALID_PRICE")

@@ -19,7 +19,7 @@ import pytest
 from operators.config import EngineConfig
 from operators.errors import CodecError
 from operators.ingest import parse_batch
-from operators.records import DeadLetterItem, Inbound
+from operators.records import DeadLetterItem, Inbound, TickBatch
 from schemas.codec import RegistryCodec, SingleObjectCodec, crc64_avro, fingerprint
 from tests.factories import (
     INPUT_KINDS,
@@ -390,9 +390,9 @@ def test_decode_when_given_bad_bytes_raises_codec_error_with_code(name, data, co
 
 
 def parse(msgs: list[Any]) -> list[Any]:
-    """parse_batch's records and dead letters (event-time progress markers left out)."""
+    """parse_batch's records, tick batches and dead letters (progress markers left out)."""
     out = parse_batch(msgs, INPUT_KINDS, SingleObjectCodec(), EngineConfig())
-    return [o for o in out if isinstance(o, Inbound | DeadLetterItem)]
+    return [o for o in out if isinstance(o, Inbound | DeadLetterItem | TickBatch)]
 
 
 @pytest.mark.parametrize(("name", "data", "code"), DECODE_ERROR_ROWS)
@@ -436,7 +436,7 @@ def test_parse_batch_when_topic_unknown_yields_unknown_topic_dead_letter():
     assert out.record["error_code"] == "UNKNOWN_TOPIC"
 
 
-def test_parse_batch_when_mixed_batch_keeps_order_and_splits_good_from_bad():
+def test_parse_batch_when_mixed_batch_keeps_order_and_groups_ticks_by_instrument():
     msgs = [
         message("MarketTick", tick()),
         message("TradeProposal", raw=b"garbage"),
@@ -447,11 +447,13 @@ def test_parse_batch_when_mixed_batch_keeps_order_and_splits_good_from_bad():
 
     out = parse(msgs)
 
-    assert [type(o) for o in out] == [Inbound, DeadLetterItem, Inbound, Inbound, DeadLetterItem]
-    assert out[2].record["proposal_id"] == "P-ok"
-    assert out[2].raw == msgs[2].value
-    assert out[3].record["execution_id"] == "E-ok"
-    assert out[4].record["payload"] == b"\xc3\x01"
+    # ticks travel as one TickBatch per instrument, after the other records of the batch
+    assert [type(o) for o in out] == [DeadLetterItem, Inbound, Inbound, DeadLetterItem, TickBatch]
+    assert out[1].record["proposal_id"] == "P-ok"
+    assert out[1].raw == msgs[2].value
+    assert out[2].record["execution_id"] == "E-ok"
+    assert out[3].record["payload"] == b"\xc3\x01"
+    assert out[4].instrument_id == "AAPL" and out[4].ticks[0].record == tick()
 
 
 def test_decode_errors_when_raised_wrap_library_exception():

@@ -103,7 +103,7 @@ def test_instrument_state_when_pickled_continues_with_same_outputs():
 def test_instrument_logic_when_snapshot_taken_later_updates_do_not_change_it():
     lg = _instrument_logic()
 
-    snap = lg.snapshot()
+    snap = pickle.loads(lg.snapshot())  # snapshots are pickled bytes
     frozen = pickle.dumps(snap)
     lg.on_batch(list(_LATER))
     lg.state.instrument["lot_size"] = 1000.0  # in-place edit of the live record
@@ -241,7 +241,7 @@ def test_timelog_when_pickled_gives_same_as_of():
 def test_shard_logic_when_snapshot_taken_later_updates_do_not_change_it():
     lg = _shard_logic()
 
-    snap = lg.snapshot()
+    snap = pickle.loads(lg.snapshot())  # snapshots are pickled bytes
     frozen = pickle.dumps(snap)
     lg.on_batch(
         [
@@ -278,7 +278,7 @@ def test_gate_logic_when_snapshot_taken_later_nonces_do_not_change_it():
     gate = ControlGateLogic(CONFIG, None)
     gate.on_batch([inb("ControlCommand", control(nonce="n-1"))])
 
-    snap = gate.snapshot()
+    snap = pickle.loads(gate.snapshot())
     gate.on_batch([inb("ControlCommand", control(nonce="n-2"))])
 
     assert set(snap.nonces) == {"n-1"}
