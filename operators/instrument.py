@@ -223,7 +223,18 @@ class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, byt
         end = ends[-1]
         values = st.bar_values[-1]
         vol = daily_vol(values, self.bars_per_day)
-        mark = Mark(st.instrument_id, end, values["bar_close"], 0.0 if math.isnan(vol) else vol)
+        ewm = values.get("ewm_vol_0.94", math.nan)
+        mark = Mark(
+            st.instrument_id,
+            end,
+            values["bar_close"],
+            0.0 if math.isnan(vol) else vol,
+            spread_bps=values.get("bar_spread_bps", math.nan),
+            volume=values.get("bar_volume", 0.0),
+            bar_yield=st.features.last_bar.close_yield if st.features.last_bar else math.nan,
+            log_return=values.get("log_return_1", math.nan),
+            ewma_var=ewm * ewm,
+        )
         fields = {k: repr(v) for k, v in values.items() if math.isfinite(v)}
         fields["daily_vol"] = repr(vol) if math.isfinite(vol) else "nan"
         return [mark, StateWrite(f"instrument:{st.instrument_id}", end, fields)]

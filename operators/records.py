@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,19 @@ class Mark:
 
     instrument_id: str
     ts_event: int
+    """Bar end, UTC epoch ns."""
     price: float
+    """Bar close."""
     daily_vol: float
+    spread_bps: float = math.nan
+    """Mean quoted spread of the bar's ticks."""
+    volume: float = 0.0
+    bar_yield: float = math.nan
+    """Yield of the bar's last tick that carried one (bonds)."""
+    log_return: float = math.nan
+    """ln(close / previous close)."""
+    ewma_var: float = math.nan
+    """RiskMetrics EWMA variance of per-bar log returns (NaN while warming up)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,7 +289,14 @@ def test_on_batch_when_bar_closes_emits_mark_at_bar_end_with_close_price():
     out = feed(lg, px(T0 + 1_500_000_000, 103.0))
 
     [mark] = [o for o in out if isinstance(o, Mark)]
-    assert mark == Mark("AAPL", T0 + SECOND, 101.0, 0.0)
+    assert (mark.instrument_id, mark.ts_event, mark.price, mark.daily_vol) == (
+        "AAPL",
+        T0 + SECOND,
+        101.0,
+        0.0,
+    )
+    assert mark.volume == 200.0  # two ticks of 100 in the bar
+    assert mark.spread_bps == pytest.approx((2.0 + 1e4 * 0.02 / 101.0) / 2)  # mean of the ticks
     assert any(isinstance(o, StateWrite) and o.key == "instrument:AAPL" for o in out)
 
 
