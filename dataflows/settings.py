@@ -67,6 +67,11 @@ class LimitSettings(BaseModel):
     max_order_notional: float = Field(5_000_000.0, gt=0)
     max_adv_share: float = Field(0.10, gt=0, le=1)
     price_collar: float = Field(0.10, gt=0)
+    var_budget: float = Field(250_000.0, gt=0)
+    max_gross_notional: float = Field(100_000_000.0, gt=0)
+    max_net_notional: float = Field(50_000_000.0, gt=0)
+    max_orders: float = Field(120.0, ge=1)
+    order_window_s: float = Field(60.0, gt=0)
 
 
 class Settings(BaseSettings):

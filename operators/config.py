@@ -21,6 +21,15 @@ class Limits:
     """Largest order quantity as a share of the instrument's average daily volume."""
     price_collar: float = 0.10
     """Largest relative distance of a limit price from the last trade (fat-finger check)."""
+    var_budget: float = 250_000.0
+    """Largest marginal 1-day 95% VaR one order may add to its book, in currency."""
+    max_gross_notional: float = 100_000_000.0
+    """Largest sum of |position notional| of the book after the trade."""
+    max_net_notional: float = 50_000_000.0
+    """Largest |sum of position notional| of the book after the trade."""
+    max_orders: float = 120.0
+    """Most proposals one portfolio may send in ``order_window_s`` of event time."""
+    order_window_s: float = 60.0
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -77,6 +86,8 @@ class EngineConfig:
     """Replays: wait for data (never for the wall clock) before deciding."""
     var_confidence_z: float = 1.6448536269514722
     """z of the one-sided VaR confidence (95%)."""
+    proxy_daily_vol: float = 0.05
+    """Conservative daily volatility for instruments the risk model cannot size yet."""
     fence: tuple[tuple[str, int], ...] = ()
     """(topic, partition) of every control and execution partition: a proposal is decided
     only once each has progressed past its ts_event (empty: no fence)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from operators.checks import (
@@ -15,14 +16,36 @@ from operators.checks import (
     check_trading_state,
     round_to_lot,
 )
-from operators.config import EngineConfig, Limits
+from operators.config import NS, EngineConfig, Limits
+from operators.mitigation import hedge_suggestion, suggestions
 from operators.records import MarketView, Record
+from operators.risk_model import (
+    EwmaCovariance,
+    TradeRisk,
+    check_gross_notional,
+    check_net_notional,
+    check_order_rate,
+    check_var_budget,
+    trade_risk,
+)
 
 # Score weights (points at full utilisation); they sum to 100.
 WEIGHTS = {"concentration": 35.0, "order_size": 25.0, "volatility": 20.0, "liquidity": 20.0}
 VOL_FULL_SCALE = 0.05
 """Daily volatility that earns the full volatility weight."""
 BANDS = ((75.0, "CRITICAL"), (50.0, "HIGH"), (25.0, "MEDIUM"), (0.0, "LOW"))
+
+
+@dataclass(frozen=True)
+class RiskContext:
+    """The shard's risk state for one decision: covariance model and order count."""
+
+    model: EwmaCovariance | None = None
+    orders_in_window: int = 0
+    vols: Mapping[str, float] | None = None
+    """Forecast daily volatilities by instrument (from the volatility model), when known."""
+    regime: str | None = None
+    model_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,11 +63,6 @@ class BookView:
 def band(score: float) -> str:
     """Score band: LOW < 25 <= MEDIUM < 50 <= HIGH < 75 <= CRITICAL."""
     return next(name for floor, name in BANDS if score >= floor)
-
-
-def undiversified_var(exposures: dict[str, tuple[float, float]], z: float) -> float:
-    """1-day parametric VaR summing each position's stand-alone VaR (an upper bound)."""
-    return z * math.fsum(abs(notional) * vol for notional, vol in exposures.values())
 
 
 def _factor(name: str, utilisation: float) -> Record:
@@ -78,6 +96,54 @@ def _data_problem(proposal: Record, market: MarketView, config: EngineConfig) ->
     return None
 
 
+@dataclass
+class Assessment:
+    """What the checks found: caps, score factors, the price used, and the book's risk."""
+
+    caps: list[Cap]
+    factors: list[Record]
+    price: float | None = None
+    unit_notional: float = 0.0
+    risk: TradeRisk | None = None
+    exposures: dict[str, float] = field(default_factory=dict)
+    vols: dict[str, float] = field(default_factory=dict)
+
+
+def _book_risk(
+    proposal: Record, book: BookView, unit_notional: float, vol: float, limits: Limits,
+    context: RiskContext, config: EngineConfig,
+) -> tuple[TradeRisk, dict[str, float], dict[str, float], Reason | None]:  # fmt: skip
+    """Portfolio VaR/CVaR before and after, marginal VaR and the VaR-budget cap.
+
+    Instruments without a volatility yet (warm-up) get a conservative proxy, and the
+    decision says so with a soft reason.
+    """
+    own = proposal["instrument_id"]
+    exposures = {k: notional for k, (notional, _) in book.exposures.items()}
+    vols = {k: v for k, (_, v) in book.exposures.items() if v > 0}
+    if vol > 0:
+        vols[own] = vol
+    proxied = sorted({*exposures, own} - set(vols))
+    for inst in proxied:
+        vols[inst] = config.proxy_daily_vol
+    model = context.model or EwmaCovariance(lam=config.ewma_lambda)
+    sign = 1 if proposal["side"] == "BUY" else -1
+    risk = trade_risk(
+        model, exposures, own, unit_notional, sign, proposal["quantity"],
+        var_budget=limits.var_budget, fallback_vols=vols, vols=context.vols, historical=False,
+    )  # fmt: skip
+    warning = None
+    if proxied:
+        warning = Reason(
+            "RISK_MODEL_WARMING",
+            f"no volatility yet for {', '.join(proxied)}: {config.proxy_daily_vol:.0%} daily used",
+            len(proxied),
+            None,
+            hard=False,
+        )
+    return risk, exposures, vols, warning
+
+
 def _assess(
     proposal: Record,
     market: MarketView,
@@ -85,42 +151,50 @@ def _assess(
     state: str,
     limits: Limits,
     config: EngineConfig,
-) -> tuple[list[Cap], list[Record], float | None, float | None, float | None]:
-    """Caps of every check, score factors, price and VaR before/after."""
+    context: RiskContext,
+) -> Assessment:
+    """Every check's cap and reason, the score factors and the risk figures."""
     qty = proposal["quantity"]
     sign = 1 if proposal["side"] == "BUY" else -1
     state_cap = check_trading_state(qty, state, sign, book.position)
     caps = [state_cap] if state_cap is not None else []
+    order_rate = check_order_rate(
+        context.orders_in_window, int(limits.max_orders), int(limits.order_window_s * NS)
+    )
+    if order_rate is not None:
+        caps.append(order_rate)
     problem = _data_problem(proposal, market, config)
     if problem is not None:
         caps.append(Cap(0.0, problem))
         factors = [{"name": "data_quality", "value": 1.0, "contribution": 100.0}]
-        return caps, factors, market.last, None, None
+        return Assessment(caps, factors, market.last)
 
     inst = market.instrument
     assert inst is not None and market.last is not None
     price = proposal["limit_price"] or market.last
     unit_notional = price * inst["face_value"]
-    caps.append(check_order_notional(qty, unit_notional, limits.max_order_notional))
-    caps.append(
+    vol = market.features.get("daily_vol", math.nan)
+    vol = 0.0 if math.isnan(vol) else vol
+    risk, exposures, vols, warming = _book_risk(
+        proposal, book, unit_notional, vol, limits, context, config
+    )
+    own = proposal["instrument_id"]
+    caps += [
+        check_order_notional(qty, unit_notional, limits.max_order_notional),
         check_concentration(
             qty, sign, book.position, unit_notional, book.value, limits.concentration
-        )
-    )
+        ),
+        check_var_budget(qty, risk, limits.var_budget),
+        check_gross_notional(qty, sign, exposures, own, unit_notional, limits.max_gross_notional),
+        check_net_notional(qty, sign, exposures, own, unit_notional, limits.max_net_notional),
+    ]
     for cap in (
         check_adv(qty, inst["adv"], limits.max_adv_share),
         check_price_collar(proposal["limit_price"], market.last, limits.price_collar),
+        Cap(math.inf, warming) if warming else None,
     ):
         if cap is not None:
             caps.append(cap)
-
-    vol = market.features.get("daily_vol", math.nan)
-    vol = 0.0 if math.isnan(vol) else vol
-    exposures = dict(book.exposures)
-    notional_before = exposures.get(proposal["instrument_id"], (0.0, vol))[0]
-    var_before = undiversified_var(exposures, config.var_confidence_z)
-    exposures[proposal["instrument_id"]] = (notional_before + sign * qty * unit_notional, vol)
-    var_after = undiversified_var(exposures, config.var_confidence_z)
 
     weight_after = _ratio(abs(book.position + sign * qty) * unit_notional, book.value)
     adv_cap = inst["adv"] * limits.max_adv_share
@@ -130,7 +204,37 @@ def _assess(
         _factor("volatility", vol / VOL_FULL_SCALE),
         _factor("liquidity", _ratio(qty, adv_cap) if inst["adv"] > 0 else 0.5),
     ]
-    return caps, factors, price, var_before, var_after
+    return Assessment(caps, factors, price, unit_notional, risk, exposures, vols)
+
+
+def _suggest(
+    proposal: Record, market: MarketView, a: Assessment, allowed: float, limits: Limits,
+    context: RiskContext,
+) -> list[Record]:  # fmt: skip
+    """Reduce to X, split over N days at the ADV limit, hedge with the most correlated."""
+    requested = proposal["quantity"]
+    if allowed >= requested or market.instrument is None:
+        return []
+    inst = market.instrument
+    hedge = None
+    if a.risk is not None and context.model is not None and a.unit_notional > 0:
+        own = proposal["instrument_id"]
+        sign = 1 if proposal["side"] == "BUY" else -1
+        trade_cash = sign * requested * a.unit_notional
+        after = dict(a.exposures)
+        after[own] = after.get(own, 0.0) + trade_cash
+        hedge = hedge_suggestion(
+            context.model, after, own, trade_cash, fallback_vols=a.vols, vols=context.vols
+        )
+    found = suggestions(
+        requested, allowed, adv=inst["adv"], adv_share=limits.max_adv_share,
+        lot=inst["lot_size"], hedge=hedge,
+    )  # fmt: skip
+    return [s.record() for s in found]
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def decide(
@@ -140,24 +244,25 @@ def decide(
     state: str,
     limits: Limits,
     config: EngineConfig,
+    context: RiskContext | None = None,
 ) -> Record:
     """The RiskScore fields that depend on data only (no wall-clock fields, no source)."""
-    caps, factors, price, var_before, var_after = _assess(
-        proposal, market, book, state, limits, config
-    )
+    context = context or RiskContext()
+    a = _assess(proposal, market, book, state, limits, config, context)
     requested = proposal["quantity"]
     lot = market.instrument["lot_size"] if market.instrument else 1.0
-    allowed = round_to_lot(min([requested, *(c.max_quantity for c in caps)]), lot)
-    reasons = [c.reason for c in caps if c.reason is not None]
+    allowed = round_to_lot(min([requested, *(c.max_quantity for c in a.caps)]), lot)
+    reasons = [c.reason for c in a.caps if c.reason is not None]
     if allowed < requested and not any(r.hard for r in reasons):
         reasons.append(
             Reason("LOT_SIZE", f"quantity rounded down to lots of {lot:g}", requested, allowed)
         )
     decision = "APPROVE" if allowed >= requested else "REDUCE" if allowed > 0 else "REJECT"
-    score = round(sum(f["contribution"] for f in factors), 4)
+    score = round(sum(f["contribution"] for f in a.factors), 4)
     features = {k: v for k, v in market.features.items() if math.isfinite(v)}
     if market.last is not None:
         features["last"] = market.last
+    risk = a.risk
     return {
         "proposal_id": proposal["proposal_id"],
         "portfolio_id": proposal["portfolio_id"],
@@ -169,13 +274,17 @@ def decide(
         "score": score,
         "band": band(score),
         "reasons": [r.record() for r in reasons],
-        "factors": factors,
+        "suggestions": _suggest(proposal, market, a, allowed, limits, context),
+        "factors": a.factors,
         "trading_state": state,
-        "regime": None,
-        "var_before": var_before,
-        "var_after": var_after,
-        "price": price,
+        "regime": context.regime,
+        "var_before": _finite(risk.var_before) if risk else None,
+        "var_after": _finite(risk.var_after) if risk else None,
+        "cvar_before": _finite(risk.cvar_before) if risk else None,
+        "cvar_after": _finite(risk.cvar_after) if risk else None,
+        "marginal_var": _finite(risk.marginal_var) if risk else None,
+        "price": a.price,
         "features": features,
-        "model_versions": {},
+        "model_versions": dict(context.model_versions),
         "ts_event": proposal["ts_event"],
     }

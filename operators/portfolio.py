@@ -17,7 +17,7 @@ from operators import metrics
 from operators.checks import STATE_ORDER
 from operators.config import EngineConfig, Limits
 from operators.deadletter import dead_letter
-from operators.decision import BookView, decide
+from operators.decision import BookView, RiskContext, decide
 from operators.records import (
     END_OF_TIME,
     DeadLetterItem,
@@ -29,6 +29,7 @@ from operators.records import (
     Record,
     StateWrite,
 )
+from operators.risk_model import BarReturns, EwmaCovariance, OrderRate
 from operators.snapshot import freeze, thaw
 
 MARK_HISTORY = 16
@@ -173,6 +174,39 @@ class ShardState:
     executed: OrderedDict[str, None] = field(default_factory=OrderedDict)
     decided_upto: int = -1
     """Largest ts_event decided so far: inputs at or before it arrived late."""
+    returns: BarReturns = field(default_factory=BarReturns)
+    covariance: EwmaCovariance = field(default_factory=EwmaCovariance)
+    models: deque[tuple[int, EwmaCovariance]] = field(default_factory=lambda: deque(maxlen=8))
+    """(bar end, covariance model after that bar): the model as of a proposal's time."""
+    rates: dict[str, OrderRate] = field(default_factory=dict)
+
+    def add_mark(self, mark: Mark, every_instrument: bool) -> None:
+        """File a bar-close mark; update the covariance with every bar all instruments closed.
+
+        ``every_instrument`` (replays): wait for every instrument with reference data, so
+        that no return is left out of a bar; live: for those that have sent marks.
+        """
+        self.marks.setdefault(mark.instrument_id, deque(maxlen=MARK_HISTORY)).append(mark)
+        self.returns.add(mark)
+        waited = self.references if every_instrument else self.marks
+        complete = min(
+            (m[-1].ts_event if (m := self.marks.get(i)) else -1 for i in waited), default=-1
+        )
+        for end, returns, priors in self.returns.flush(complete):
+            self.covariance.update(end, returns, priors)
+            self.models.append((end, self.covariance.snapshot()))
+
+    def model_as_of(self, ts: int) -> EwmaCovariance | None:
+        """The covariance model after the last bar that ended at or before ``ts``."""
+        for end, model in reversed(self.models):
+            if end <= ts:
+                return model
+        return None
+
+    @property
+    def model_through(self) -> int:
+        """End of the last bar in the covariance model (-1 before the first)."""
+        return self.models[-1][0] if self.models else -1
 
     def mark_as_of(self, instrument_id: str, ts: int) -> Mark | None:
         """The last bar-close mark at or before ``ts``."""
@@ -263,7 +297,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             if isinstance(item, PricedProposal):
                 out.extend(self._admit(item))
             elif isinstance(item, Mark):
-                st.marks.setdefault(item.instrument_id, deque(maxlen=MARK_HISTORY)).append(item)
+                st.add_mark(item, self.config.wait_for_data)
             elif isinstance(item, Progress):
                 for topic, partition, ts in item.parts:
                     part = (topic, partition)
@@ -304,13 +338,20 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             f.record["portfolio_id"] == pid and f.record["ts_event"] <= ts for f in st.held_fills
         ):
             return False
-        if self.config.wait_for_data and (book := st.books.get(pid)) is not None:
+        if self.config.wait_for_data and st.marks:
+            # replays: the covariance and every held instrument's mark up to the bar of ts
             floor = ts - ts % self.config.bar_interval_ns
-            _, positions = book.as_of(ts)
-            for inst, qty in positions.items():
-                marks = st.marks.get(inst)
-                if qty and inst != p["instrument_id"] and (not marks or marks[-1].ts_event < floor):
-                    return False
+            if st.model_through < floor:
+                return False
+            if (book := st.books.get(pid)) is not None:
+                for inst, qty in book.as_of(ts)[1].items():
+                    marks = st.marks.get(inst)
+                    if (
+                        qty
+                        and inst != p["instrument_id"]
+                        and (not marks or marks[-1].ts_event < floor)
+                    ):
+                        return False
         return True
 
     def _release(self, ready: Callable[[Waiting], bool]) -> list[ShardOut]:
@@ -329,13 +370,22 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         p = priced.proposal
         ts = p["ts_event"]
         book = self.state.books.get(p["portfolio_id"]) or Book(self.config.portfolio_capital)
+        limits = self.state.limits_as_of(self.config.limits, p["portfolio_id"], ts)
+        rate = self.state.rates.setdefault(
+            p["portfolio_id"], OrderRate(int(limits.order_window_s * 1e9))
+        )
+        context = RiskContext(
+            model=self.state.model_as_of(ts),
+            orders_in_window=rate.admit(ts, p["proposal_id"]),
+        )
         record = decide(
             p,
             priced.market,
             self.state.book_view(book, priced),
             self.state.trading_state(p["portfolio_id"], p["instrument_id"], ts),
-            self.state.limits_as_of(self.config.limits, p["portfolio_id"], ts),
+            limits,
             self.config,
+            context,
         )
         self.state.decided_upto = max(self.state.decided_upto, ts)
         now = _now_ns()

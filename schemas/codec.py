@@ -119,8 +119,9 @@ def _read_body(data: bytes, offset: int, writer: Any, reader: Any, name: str) ->
 class SingleObjectCodec:
     """Avro single-object encoding: ``C3 01`` + 8-byte fingerprint + binary body.
 
-    ``writer_schemas`` adds schemas of other versions (older or newer producers) that
-    may appear on the wire; each resolves to the current reader schema of its name.
+    Earlier versions of our schemas (``schemas/history/*.avsc``) and any ``writer_schemas``
+    given (older or newer producers) are known writers; each resolves to the current
+    reader schema of its name.
     """
 
     def __init__(self, writer_schemas: Iterable[Mapping[str, Any]] = ()) -> None:
@@ -131,7 +132,9 @@ class SingleObjectCodec:
             fp = fingerprint(schema)
             self._by_fp[fp] = (name, schema)
             self._header[name] = SINGLE_OBJECT_MAGIC + fp
-        for raw in writer_schemas:
+        older = sorted((SCHEMA_DIR / "history").glob("*.avsc"))
+        history = [json.loads(f.read_text()) for f in older]
+        for raw in [*history, *writer_schemas]:
             schema = fastavro.parse_schema(dict(raw))
             self._by_fp[fingerprint(schema)] = (_record_name(schema), schema)
 

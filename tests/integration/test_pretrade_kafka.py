@@ -68,7 +68,10 @@ def test_proposals_when_scored_get_expected_decisions(settings):
     assert big["decision"] == "REDUCE"
     # concentration: 25% of 10M at 100.0 = 25,000 units; max order notional 5M = 50,000 units
     assert big["allowed_quantity"] == 25_000
-    assert {r["code"] for r in big["reasons"]} == {"CONCENTRATION", "MAX_ORDER_NOTIONAL"}
+    # 6M at the 5% proxy vol of a warming risk model adds ~490k of VaR: over the 250k budget
+    hard = {r["code"] for r in big["reasons"] if r["hard"]}
+    assert hard == {"CONCENTRATION", "MAX_ORDER_NOTIONAL", "VAR_BUDGET"}
+    assert [s["kind"] for s in big["suggestions"]][:1] == ["REDUCE"]
     assert scores["ghost"]["decision"] == "REJECT"
     assert [r["code"] for r in scores["ghost"]["reasons"]] == ["UNKNOWN_INSTRUMENT"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from statistics import NormalDist
 from typing import Any
 
@@ -11,12 +12,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from operators.config import EngineConfig, Limits
-from operators.decision import BookView, band, decide, undiversified_var
+from operators.decision import BookView, band, decide
 from operators.records import MarketView
 from tests.factories import SECOND, T0, instrument, proposal
 
 CONFIG = EngineConfig()
 Z95 = NormalDist().inv_cdf(0.95)
+# Book-level limits (VaR budget, gross/net notional) out of the way of single-check tests.
+ISOLATED = Limits(var_budget=1e18, max_gross_notional=1e18, max_net_notional=1e18)
 BIG = 1e12  # a limit or value large enough never to bind
 
 
@@ -53,7 +56,7 @@ def run(
         mkt or market(),
         BookView(position, value, exposures or {}),
         state,
-        limits or Limits(),
+        limits or ISOLATED,
         config,
     )
 
@@ -208,7 +211,7 @@ def test_decide_when_order_exceeds_adv_share_caps_at_share_of_adv(
         mkt=market(adv=adv),
         value=BIG,
         quantity=quantity,
-        limits=Limits(max_order_notional=BIG, max_adv_share=share),
+        limits=replace(ISOLATED, max_order_notional=BIG, max_adv_share=share),
     )
 
     assert (result["decision"], result["allowed_quantity"]) == (decision, allowed)
@@ -407,36 +410,33 @@ def test_band_when_given_score_uses_documented_thresholds(score, expected):
 # --- VaR ----------------------------------------------------------------------------------------
 
 
-def test_undiversified_var_when_two_assets_equals_z_times_sum_of_standalone():
-    exposures = {"MSFT": (100_000.0, 0.02), "TSY": (-50_000.0, 0.03)}
-
-    assert undiversified_var(exposures, Z95) == pytest.approx(Z95 * (2_000.0 + 1_500.0))
-
-
-def test_undiversified_var_when_book_empty_is_zero():
-    assert undiversified_var({}, Z95) == 0.0
-
-
 def test_config_var_z_when_default_is_the_95_percent_quantile():
     assert pytest.approx(Z95, rel=1e-12) == CONFIG.var_confidence_z
 
 
-def test_decide_when_new_instrument_adds_its_standalone_var():
+# Before the covariance model has history, correlations are 0 (not yet estimated), so the
+# parametric VaR is z * sqrt(sum((notional_i * vol_i)^2)), with the instrument's current
+# daily vol (0.02 in these books) for the proposal's own instrument.
+
+
+def test_decide_when_new_instrument_adds_its_standalone_risk_in_quadrature():
     exposures = {"MSFT": (100_000.0, 0.02), "TSY": (-50_000.0, 0.03)}
 
     result = run(exposures=exposures, quantity=1000.0, value=BIG)
 
-    assert result["var_before"] == pytest.approx(Z95 * 3_500.0)
-    assert result["var_after"] == pytest.approx(Z95 * (3_500.0 + 100_000.0 * 0.02))
+    assert result["var_before"] == pytest.approx(Z95 * math.hypot(2_000.0, 1_500.0))
+    assert result["var_after"] == pytest.approx(Z95 * math.hypot(2_000.0, 1_500.0, 2_000.0))
+    assert result["marginal_var"] == pytest.approx(result["var_after"] - result["var_before"])
 
 
-def test_decide_when_trade_shrinks_an_exposure_var_after_uses_the_new_notional():
+def test_decide_when_trade_shrinks_an_exposure_var_falls():
     exposures = {"AAPL": (200_000.0, 0.05), "TSY": (-50_000.0, 0.03)}
 
     result = run(exposures=exposures, side="SELL", position=2000.0, quantity=1000.0, value=BIG)
 
-    assert result["var_before"] == pytest.approx(Z95 * (10_000.0 + 1_500.0))
-    assert result["var_after"] == pytest.approx(Z95 * (100_000.0 * 0.02 + 1_500.0))
+    assert result["var_before"] == pytest.approx(Z95 * math.hypot(200_000.0 * 0.02, 1_500.0))
+    assert result["var_after"] == pytest.approx(Z95 * math.hypot(100_000.0 * 0.02, 1_500.0))
+    assert result["marginal_var"] < 0
 
 
 # --- degenerate but valid inputs never crash the decision ------------------------------------
@@ -561,3 +561,51 @@ def test_decide_when_given_any_valid_scenario_keeps_its_invariants(scenario):
         assert result["reasons"], "a reduced or rejected proposal must say why"
     if state == "HALTED":
         assert result["decision"] == "REJECT"
+
+
+# --- book-level limits and mitigation -----------------------------------------------------------
+
+
+def test_decide_when_var_budget_binds_reduces_to_the_closed_form():
+    # empty book, price 100, daily vol 0.02: marginal VaR of q units = z * q * 100 * 0.02
+    budget = 10_000.0
+    result = run(quantity=5_000.0, value=1e12, limits=replace(ISOLATED, var_budget=budget))
+
+    expected = math.floor(budget / (Z95 * 100.0 * 0.02))
+    assert result["decision"] == "REDUCE"
+    assert result["allowed_quantity"] == expected
+    assert "VAR_BUDGET" in codes(result)
+
+
+def test_decide_when_gross_notional_binds_caps_at_the_limit():
+    exposures = {"MSFT": (900_000.0, 0.02)}
+    limits = replace(ISOLATED, max_gross_notional=1_000_000.0)
+
+    result = run(exposures=exposures, quantity=5_000.0, value=1e12, limits=limits)
+
+    assert result["allowed_quantity"] == 1_000.0  # (1,000,000 - 900,000) / 100
+    assert "GROSS_NOTIONAL" in codes(result)
+
+
+def test_decide_when_cut_suggests_reduce_and_split_over_days():
+    result = run(quantity=150_000.0, limits=replace(ISOLATED, max_order_notional=BIG), value=1e12)
+
+    kinds = [s["kind"] for s in result["suggestions"]]
+    assert kinds[:2] == ["REDUCE", "SPLIT"]
+    assert result["suggestions"][0]["quantity"] == result["allowed_quantity"]
+    assert result["suggestions"][1]["days"] == 2  # 150,000 at 10% of a 1,000,000 ADV
+
+
+def test_decide_when_approved_has_no_suggestions():
+    assert run(quantity=10.0)["suggestions"] == []
+
+
+def test_decide_when_record_built_encodes_with_the_risk_score_schema():
+    from schemas.codec import SingleObjectCodec
+
+    result = run(quantity=150_000.0, value=1e12) | {
+        "stale": False, "source_topic": "t", "source_partition": 0, "source_offset": 0,
+        "ts_decided": 0, "latency_us": 0.0,
+    }  # fmt: skip
+    codec = SingleObjectCodec()
+    assert codec.decode("RiskScore", codec.encode("RiskScore", result)) == result

@@ -64,7 +64,8 @@ def decided(out: list[Any]) -> dict[str, Any]:
 
 
 def reason_codes(record: dict[str, Any]) -> list[str]:
-    return [r["code"] for r in record["reasons"]]
+    """Codes of the hard reasons (soft notices, such as a warming risk model, left out)."""
+    return [r["code"] for r in record["reasons"] if r["hard"]]
 
 
 # --- Book ---------------------------------------------------------------------------------------
@@ -475,3 +476,13 @@ def test_shard_state_when_new_is_empty():
 
     assert state.trading_state("PF-1", "AAPL", T0) == "ACTIVE"
     assert state.mark_as_of("AAPL", T0) is None
+
+
+def test_shard_when_order_rate_exceeded_rejects_the_extra_proposal():
+    lg = shard()
+    feed(lg, _set_limit("PORTFOLIO", "PF-1", "max_orders", 2.0))
+
+    out = [decided(feed(lg, ask(portfolio_id="PF-1", quantity=1.0))) for _ in range(3)]
+
+    assert [o["decision"] for o in out] == ["APPROVE", "APPROVE", "REJECT"]
+    assert "ORDER_RATE" in reason_codes(out[2])

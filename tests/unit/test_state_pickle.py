@@ -178,7 +178,7 @@ def test_shard_state_when_pickled_gives_same_answers():
         assert restored.limits_as_of(Limits(), "PF-1", ts) == live.limits_as_of(
             Limits(), "PF-1", ts
         )
-        assert restored.mark_as_of("MSFT", ts) == live.mark_as_of("MSFT", ts)
+        assert repr(restored.mark_as_of("MSFT", ts)) == repr(live.mark_as_of("MSFT", ts))
         priced = _ask(ts_event=ts)
         book = live.books["PF-1"]
         assert restored.book_view(restored.books["PF-1"], priced) == live.book_view(book, priced)
