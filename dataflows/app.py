@@ -13,6 +13,7 @@ from dataflows.pretrade import PretradeSinks, build_pretrade_flow
 from dataflows.redis_sink import RedisStateSink
 from dataflows.settings import Settings
 from operators.errors import ConfigError
+from operators.market import RegimeOut
 from operators.records import DeadLetterItem, Decided
 from operators.routing import count_dead_letters, count_decisions
 from schemas.codec import Codec, make_codec
@@ -27,6 +28,10 @@ def codec_for(settings: Settings) -> Codec:
 
 def _score_key(d: Decided) -> bytes:
     return str(d.record["portfolio_id"]).encode()
+
+
+def _regime_key(r: RegimeOut) -> bytes:
+    return str(r.record["scope"]).encode()
 
 
 def _letter_key(d: DeadLetterItem) -> bytes | None:
@@ -73,6 +78,9 @@ def kafka_flow(
             count_dead_letters,
         ),
         state=RedisStateSink(settings.redis_url.get_secret_value(), settings.redis_prefix),
+        regimes=RecordSink(
+            conf, topics.name("regimes"), "RegimeEvent", codec, lambda r: r.record, _regime_key
+        ),
     )
     consumer = consumer_config(settings)
     fenced = [topics.name("control"), topics.name("executions")]

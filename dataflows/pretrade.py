@@ -18,8 +18,17 @@ from bytewax.outputs import Sink
 from operators.config import EngineConfig
 from operators.ingest import ControlGateLogic, parse_batch
 from operators.instrument import InstrumentLogic
+from operators.market import MarketConfig, MarketLogic, RegimeOut
 from operators.portfolio import ShardLogic
-from operators.records import DeadLetterItem, Decided, Inbound, Progress, StateWrite, TickBatch
+from operators.records import (
+    DeadLetterItem,
+    Decided,
+    Inbound,
+    Mark,
+    Progress,
+    StateWrite,
+    TickBatch,
+)
 from operators.routing import (
     instrument_key,
     is_control_lane,
@@ -34,11 +43,12 @@ from schemas.codec import Codec
 
 @dataclass(frozen=True)
 class PretradeSinks:
-    """Where the flow's three outputs go."""
+    """Where the flow's outputs go (regime events are dropped without a sink)."""
 
     scores: Sink[Decided]
     dead_letters: Sink[DeadLetterItem]
     state: Sink[StateWrite]
+    regimes: Sink[RegimeOut] | None = None
 
 
 def build_pretrade_flow(
@@ -72,12 +82,31 @@ def build_pretrade_flow(
     )
     priced = op.map("instrument_values", by_instrument, lambda kv: kv[1])
 
+    index, rate, credit = config.market_ids
+    market_config = MarketConfig(index_id=index, rate_id=rate, credit_id=credit)
+    market_out = op.map(
+        "market_values",
+        op.stateful_batch(
+            "market",
+            op.key_on("market_key", op.filter_map("marks", priced, only(Mark)), lambda _: "market"),
+            lambda s: MarketLogic(market_config, s),
+        ),
+        lambda kv: kv[1],
+    )
+    if sinks.regimes is not None:
+        op.output(
+            "regimes_out",
+            op.filter_map("regime_events", market_out, only(RegimeOut)),
+            sinks.regimes,
+        )
+
     shard_inputs = op.merge(
         "shard_inputs",
         priced,
         gated.trues,
         fills.trues,
         op.filter("references", market, is_reference),
+        op.filter("model_outputs", market_out, lambda x: not isinstance(x, RegimeOut)),
     )
     shard_in = op.flat_map("to_shards", shard_inputs, partial(to_shards, config=config))
     shard_out = op.map(

@@ -86,6 +86,8 @@ class EngineConfig:
     """Replays: wait for data (never for the wall clock) before deciding."""
     var_confidence_z: float = 1.6448536269514722
     """z of the one-sided VaR confidence (95%)."""
+    market_ids: tuple[str, ...] = ("SIM-IDX", "SIM-UST-10Y", "SIM-IG-7Y")
+    """Instruments the market step builds regime bars from (index, rate bond, credit bond)."""
     proxy_daily_vol: float = 0.05
     """Conservative daily volatility for instruments the risk model cannot size yet."""
     fence: tuple[tuple[str, int], ...] = ()

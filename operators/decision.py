@@ -46,6 +46,8 @@ class RiskContext:
     """Forecast daily volatilities by instrument (from the volatility model), when known."""
     regime: str | None = None
     model_versions: Mapping[str, str] = field(default_factory=dict)
+    model_status: str = ""
+    """Status of the regime model at the proposal's time (``unavailable``, ... ; "" unknown)."""
 
 
 @dataclass(frozen=True)
@@ -188,10 +190,18 @@ def _assess(
         check_gross_notional(qty, sign, exposures, own, unit_notional, limits.max_gross_notional),
         check_net_notional(qty, sign, exposures, own, unit_notional, limits.max_net_notional),
     ]
+    model_failed = None
+    if context.model_status in ("unavailable", "inference_failed"):
+        model_failed = Reason(
+            "MODEL_UNAVAILABLE",
+            f"regime/volatility model {context.model_status}: EWMA risk figures used",
+            hard=False,
+        )
     for cap in (
         check_adv(qty, inst["adv"], limits.max_adv_share),
         check_price_collar(proposal["limit_price"], market.last, limits.price_collar),
         Cap(math.inf, warming) if warming else None,
+        Cap(math.inf, model_failed) if model_failed else None,
     ):
         if cap is not None:
             caps.append(cap)

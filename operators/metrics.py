@@ -27,3 +27,29 @@ TRADING_STATE = Gauge(
     "Latest trading state by scope: 0 ACTIVE, 1 REDUCE_ONLY, 2 HALTED.",
     ["scope", "target"],
 )
+REGIME_PROBABILITY = Gauge(
+    "riskstream_regime_probability",
+    "Regime probabilities of the newest market bar, by regime (model order names).",
+    ["regime"],
+)
+MODEL_INFERENCE = Histogram(
+    "riskstream_model_inference_seconds",
+    "Wall-clock time of one batched model call (all bars or rows of a batch), by model.",
+    ["model"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+MODEL_INPUT_PSI = Gauge(
+    "riskstream_model_input_psi",
+    "Population stability index of live model inputs against training, by model and feature.",
+    ["model", "feature"],
+)
+MODEL_LOAD_FAILURES = Counter(
+    "riskstream_model_load_failures_total",
+    "Models refused at load (missing artifact, hash mismatch) or calls that raised, by model.",
+    ["model"],
+)
+MODEL_INFO = Gauge(
+    "riskstream_model_info",
+    "Models loaded by this process (value 1), by model, version and artifact sha256.",
+    ["model", "version", "sha256"],
+)

@@ -18,6 +18,7 @@ from operators.checks import STATE_ORDER
 from operators.config import EngineConfig, Limits
 from operators.deadletter import dead_letter
 from operators.decision import BookView, RiskContext, decide
+from operators.market import RegimeUpdate, VolForecast
 from operators.records import (
     END_OF_TIME,
     DeadLetterItem,
@@ -36,7 +37,7 @@ MARK_HISTORY = 16
 DEDUPE_WINDOW = 200_000
 ACTION_STATE = {"HALT": "HALTED", "REDUCE_ONLY": "REDUCE_ONLY", "RESUME": "ACTIVE"}
 
-ShardIn = PricedProposal | Mark | Inbound | Progress
+ShardIn = PricedProposal | Mark | Inbound | Progress | RegimeUpdate | VolForecast
 ShardOut = Decided | StateWrite | DeadLetterItem
 
 
@@ -179,6 +180,21 @@ class ShardState:
     models: deque[tuple[int, EwmaCovariance]] = field(default_factory=lambda: deque(maxlen=8))
     """(bar end, covariance model after that bar): the model as of a proposal's time."""
     rates: dict[str, OrderRate] = field(default_factory=dict)
+    regimes: TimeLog = field(default_factory=TimeLog)
+    """RegimeUpdate by bar end: the regime as of a proposal's time."""
+    vol_forecasts: dict[str, deque[VolForecast]] = field(default_factory=dict)
+
+    def forecast_as_of(self, instrument_id: str, ts: int) -> VolForecast | None:
+        """The last volatility forecast for an instrument made at or before ``ts``."""
+        for f in reversed(self.vol_forecasts.get(instrument_id, ())):
+            if f.ts_event <= ts:
+                return f
+        return None
+
+    @property
+    def regime_through(self) -> int:
+        """Bar end of the last regime update (-1 before the first)."""
+        return self.regimes.keys[-1][0] if self.regimes.keys else -1
 
     def add_mark(self, mark: Mark, every_instrument: bool) -> None:
         """File a bar-close mark; update the covariance with every bar all instruments closed.
@@ -298,6 +314,11 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 out.extend(self._admit(item))
             elif isinstance(item, Mark):
                 st.add_mark(item, self.config.wait_for_data)
+            elif isinstance(item, RegimeUpdate):
+                st.regimes.add(item.ts_event, "", item)
+            elif isinstance(item, VolForecast):
+                forecasts = st.vol_forecasts.setdefault(item.instrument_id, deque(maxlen=8))
+                forecasts.append(item)
             elif isinstance(item, Progress):
                 for topic, partition, ts in item.parts:
                     part = (topic, partition)
@@ -343,6 +364,9 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             floor = ts - ts % self.config.bar_interval_ns
             if st.model_through < floor:
                 return False
+            market = self.config.market_ids
+            if market and set(market) <= set(st.references) and st.regime_through < floor:
+                return False  # the market step will produce this bar's regime
             if (book := st.books.get(pid)) is not None:
                 for inst, qty in book.as_of(ts)[1].items():
                     marks = st.marks.get(inst)
@@ -374,10 +398,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         rate = self.state.rates.setdefault(
             p["portfolio_id"], OrderRate(int(limits.order_window_s * 1e9))
         )
-        context = RiskContext(
-            model=self.state.model_as_of(ts),
-            orders_in_window=rate.admit(ts, p["proposal_id"]),
-        )
+        context = self._context(p, ts, rate.admit(ts, p["proposal_id"]))
         record = decide(
             p,
             priced.market,
@@ -398,6 +419,36 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             latency_us=(now - priced.received_ns) / 1e3 if priced.received_ns else 0.0,
         )
         return Decided(record, priced.received_ns)
+
+    def _context(self, p: Record, ts: int, orders: int) -> RiskContext:
+        """Covariance, regime and volatility forecasts as of ``ts``."""
+        st = self.state
+        regime = st.regimes.as_of(ts)
+        versions: dict[str, str] = {}
+        status = ""
+        most_likely = None
+        if isinstance(regime, RegimeUpdate):
+            status = regime.status
+            most_likely = regime.most_likely or None
+            if regime.version:
+                versions["regime_tft"] = regime.version
+        day = math.sqrt(self.config.bars_per_day or 1.0)
+        vols = {}
+        for inst in st.books[p["portfolio_id"]].positions if p["portfolio_id"] in st.books else ():
+            if (f := st.forecast_as_of(inst, ts)) is not None and math.isfinite(f.sigma):
+                vols[inst] = f.sigma * day
+                versions["vol_nbeats"] = f.version
+        if (f := st.forecast_as_of(p["instrument_id"], ts)) is not None and math.isfinite(f.sigma):
+            vols[p["instrument_id"]] = f.sigma * day
+            versions["vol_nbeats"] = f.version
+        return RiskContext(
+            model=st.model_as_of(ts),
+            orders_in_window=orders,
+            vols=vols or None,
+            regime=most_likely,
+            model_versions=versions,
+            model_status=status,
+        )
 
     def _execute(self, fill: Inbound) -> list[ShardOut]:
         r = fill.record

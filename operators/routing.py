@@ -7,6 +7,7 @@ from typing import TypeGuard, TypeVar
 
 from operators import metrics
 from operators.config import EngineConfig
+from operators.market import RegimeUpdate, VolForecast
 from operators.portfolio import ShardIn, all_shard_keys, shard_key
 from operators.records import (
     DeadLetterItem,
@@ -65,7 +66,7 @@ def to_shards(item: object, config: EngineConfig) -> list[tuple[str, ShardIn]]:
         return [(shard_key(item.proposal["portfolio_id"], config.shards), item)]
     if isinstance(item, Inbound) and item.kind == "Execution":
         return [(shard_key(item.record["portfolio_id"], config.shards), item)]
-    if isinstance(item, Mark | Progress | Inbound):
+    if isinstance(item, Mark | Progress | Inbound | RegimeUpdate | VolForecast):
         return [(key, item) for key in all_shard_keys(config.shards)]
     return []
 

@@ -55,6 +55,7 @@ def settings(broker: EmbeddedBroker, redis_server: EmbeddedRedis) -> Settings:
         control_keys={"default": KEY.decode()},
         metrics_port=0,
         topic_partitions=2,
+        bars_per_day=1.0,  # the simulator's convention: one bar is one trading day
     )
     ensure_topics(s, s.topics.all())
     return s
