@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dataflows.app import codec_for
-from dataflows.console import decision_line
+from dataflows.console import decision_line, drift_line
 from dataflows.control_cli import signed_command
 from dataflows.embedded import EmbeddedBroker, EmbeddedRedis, die_with_parent
 from dataflows.kafka_io import Publisher, ensure_topics, follow
@@ -205,8 +205,22 @@ def show_decisions(
         if now >= next_summary:
             next_summary = now + SUMMARY_EVERY_S
             print(summary_line(seen, latencies, dead), flush=True)
+            if settings.metrics_port:
+                print(f"--- {scrape_drift(settings.metrics_port)} ---", flush=True)
             latencies.clear()
     return seen
+
+
+def scrape_drift(port: int) -> str:
+    """The drift reading from the flow's own metrics endpoint."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            return drift_line(resp.read().decode())
+    except (urllib.error.URLError, OSError):
+        return "drift: metrics unavailable"
 
 
 def summary_line(seen: Counter[str], latencies: list[float], dead: Counter[str]) -> str:
@@ -272,7 +286,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     p.add_argument("--tick-rate", type=float, default=2000.0, help="ticks/s")
     p.add_argument("--proposal-rate", type=float, default=10.0, help="proposals/s")
-    p.add_argument("--portfolios", type=int, default=4)
+    p.add_argument("--portfolios", type=int, default=8)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--halt-at", type=float, default=20.0, help="kill-switch drill after S (0: off)")
     p.add_argument("--halt-for", type=float, default=5.0, help="seconds the drill halts for")
