@@ -18,7 +18,7 @@ from bytewax.outputs import Sink
 from operators.config import EngineConfig
 from operators.ingest import ControlGateLogic, parse_batch
 from operators.instrument import InstrumentLogic
-from operators.market import MarketConfig, MarketLogic, RegimeOut
+from operators.market import MarketConfig, MarketLogic, RegimeOut, regime_write
 from operators.portfolio import ShardLogic
 from operators.records import (
     DeadLetterItem,
@@ -93,12 +93,9 @@ def build_pretrade_flow(
         ),
         lambda kv: kv[1],
     )
+    regime_events = op.filter_map("regime_events", market_out, only(RegimeOut))
     if sinks.regimes is not None:
-        op.output(
-            "regimes_out",
-            op.filter_map("regime_events", market_out, only(RegimeOut)),
-            sinks.regimes,
-        )
+        op.output("regimes_out", regime_events, sinks.regimes)
 
     shard_inputs = op.merge(
         "shard_inputs",
@@ -119,6 +116,7 @@ def build_pretrade_flow(
         "state_writes",
         op.filter_map("instrument_states", priced, only(StateWrite)),
         op.filter_map("shard_states", shard_out, only(StateWrite)),
+        op.map("regime_states", regime_events, regime_write),
     )
     dead = op.merge(
         "dead_letters",

@@ -50,6 +50,7 @@ Models
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import threading
 import time
@@ -72,7 +73,7 @@ from models.runtime import LoadedModel, load_model
 from models.vol_ensemble import MODEL_NAME as VOL_MODEL
 from models.vol_ensemble import GarchVariance, LogVolHistory, VolEnsemble, psi_inputs
 from operators import metrics
-from operators.records import Mark, Record
+from operators.records import Mark, Record, StateWrite
 from operators.snapshot import freeze, thaw
 
 FloatArray = npt.NDArray[np.float64]
@@ -638,3 +639,20 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
 
     def snapshot(self) -> bytes:
         return freeze(self.state)
+
+
+def regime_write(out: RegimeOut) -> StateWrite:
+    """Redis write of the current regime: ``regime:<scope>``, guarded by event time."""
+    r = out.record
+    probabilities = {p["regime"]: p["probability"] for p in r["probabilities"]}
+    return StateWrite(
+        f"regime:{r['scope']}",
+        r["ts_event"],
+        {
+            "most_likely": r["most_likely"],
+            "coarse": r["coarse"],
+            "entropy": repr(r["entropy"]),
+            "probabilities": json.dumps(probabilities, sort_keys=True),
+            "model_version": r["model_version"],
+        },
+    )

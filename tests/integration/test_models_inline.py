@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import fastavro
+import redis
 
 from dataflows.producer import ProduceOptions, simulated_events
 from schemas.codec import load_schema
@@ -32,3 +35,12 @@ def test_flow_when_market_warms_up_publishes_regimes_and_decides_with_models(set
     assert after_regime and after_vol
     assert all(s["regime"] and "regime_tft" in s["model_versions"] for s in after_regime)
     assert all("vol_nbeats" in s["model_versions"] for s in after_vol)
+
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    state = client.hgetall(f"{settings.redis_prefix}regime:GLOBAL")
+    latest = max(regimes, key=lambda r: r["ts_event"])
+    assert (
+        state["most_likely"] == latest["most_likely"]
+        or int(state["ts_event"]) >= latest["ts_event"]
+    )
+    assert abs(sum(json.loads(state["probabilities"]).values()) - 1.0) < 1e-6
