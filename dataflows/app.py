@@ -14,7 +14,7 @@ from dataflows.redis_sink import RedisStateSink
 from dataflows.settings import Settings
 from operators.errors import ConfigError
 from operators.market import RegimeOut
-from operators.records import DeadLetterItem, Decided
+from operators.records import AutoControl, DeadLetterItem, Decided
 from operators.routing import count_dead_letters, count_decisions
 from schemas.codec import Codec, make_codec
 
@@ -28,6 +28,10 @@ def codec_for(settings: Settings) -> Codec:
 
 def _score_key(d: Decided) -> bytes:
     return str(d.record["portfolio_id"]).encode()
+
+
+def _control_key(c: AutoControl) -> bytes:
+    return str(c.record["target"]).encode()
 
 
 def _regime_key(r: RegimeOut) -> bytes:
@@ -80,6 +84,9 @@ def kafka_flow(
         state=RedisStateSink(settings.redis_url.get_secret_value(), settings.redis_prefix),
         regimes=RecordSink(
             conf, topics.name("regimes"), "RegimeEvent", codec, lambda r: r.record, _regime_key
+        ),
+        controls=RecordSink(
+            conf, topics.name("control"), "ControlCommand", codec, lambda c: c.record, _control_key
         ),
     )
     consumer = consumer_config(settings)

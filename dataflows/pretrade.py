@@ -21,6 +21,7 @@ from operators.instrument import InstrumentLogic
 from operators.market import MarketConfig, MarketLogic, RegimeOut, regime_write
 from operators.portfolio import ShardLogic
 from operators.records import (
+    AutoControl,
     DeadLetterItem,
     Decided,
     Inbound,
@@ -49,6 +50,8 @@ class PretradeSinks:
     dead_letters: Sink[DeadLetterItem]
     state: Sink[StateWrite]
     regimes: Sink[RegimeOut] | None = None
+    controls: Sink[AutoControl] | None = None
+    """Automatic control commands (REDUCE_ONLY triggers), for the audit trail."""
 
 
 def build_pretrade_flow(
@@ -126,6 +129,9 @@ def build_pretrade_flow(
         op.filter_map("shard_dead", shard_out, only(DeadLetterItem)),
     )
     op.output("scores_out", op.filter_map("decided", shard_out, only(Decided)), sinks.scores)
+    if sinks.controls is not None:
+        automatic = op.filter_map("automatic_controls", shard_out, only(AutoControl))
+        op.output("controls_out", automatic, sinks.controls)
     op.output("dlq_out", dead, sinks.dead_letters)
     op.output("state_out", states, sinks.state)
     return flow

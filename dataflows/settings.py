@@ -70,6 +70,8 @@ class LimitSettings(BaseModel):
     var_budget: float = Field(250_000.0, gt=0)
     max_gross_notional: float = Field(100_000_000.0, gt=0)
     max_net_notional: float = Field(50_000_000.0, gt=0)
+    max_drawdown: float = Field(0.10, gt=0, le=1)
+    var_limit: float = Field(1_000_000.0, gt=0)
     max_orders: float = Field(120.0, ge=1)
     order_window_s: float = Field(60.0, gt=0)
 

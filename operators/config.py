@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 NS = 1_000_000_000
-FRACTIONS = ("concentration", "max_adv_share")
+FRACTIONS = ("concentration", "max_adv_share", "max_drawdown")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Limits:
     """Largest sum of |position notional| of the book after the trade."""
     max_net_notional: float = 50_000_000.0
     """Largest |sum of position notional| of the book after the trade."""
+    max_drawdown: float = 0.10
+    """Drawdown of portfolio value from its peak that switches the portfolio to REDUCE_ONLY."""
+    var_limit: float = 1_000_000.0
+    """Portfolio 1-day 95% VaR above which the portfolio is switched to REDUCE_ONLY."""
     max_orders: float = 120.0
     """Most proposals one portfolio may send in ``order_window_s`` of event time."""
     order_window_s: float = 60.0

@@ -11,16 +11,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
 from operators import metrics
 from operators.checks import STATE_ORDER
 from operators.config import EngineConfig, Limits
+from operators.control import sign
 from operators.deadletter import dead_letter
 from operators.decision import BookView, RiskContext, decide
 from operators.market import RegimeUpdate, VolForecast
 from operators.records import (
     END_OF_TIME,
+    AutoControl,
     DeadLetterItem,
     Decided,
     Inbound,
@@ -38,7 +41,7 @@ DEDUPE_WINDOW = 200_000
 ACTION_STATE = {"HALT": "HALTED", "REDUCE_ONLY": "REDUCE_ONLY", "RESUME": "ACTIVE"}
 
 ShardIn = PricedProposal | Mark | Inbound | Progress | RegimeUpdate | VolForecast
-ShardOut = Decided | StateWrite | DeadLetterItem
+ShardOut = Decided | StateWrite | DeadLetterItem | AutoControl
 
 
 def shard_key(portfolio_id: str, shards: int) -> str:
@@ -180,6 +183,10 @@ class ShardState:
     models: deque[tuple[int, EwmaCovariance]] = field(default_factory=lambda: deque(maxlen=8))
     """(bar end, covariance model after that bar): the model as of a proposal's time."""
     rates: dict[str, OrderRate] = field(default_factory=dict)
+    closed_bars: list[int] = field(default_factory=list)
+    """Bar ends the covariance just took in, for the automatic triggers to look at."""
+    peaks: dict[str, float] = field(default_factory=dict)
+    """Highest portfolio value at a bar close, for the drawdown trigger."""
     regimes: TimeLog = field(default_factory=TimeLog)
     """RegimeUpdate by bar end: the regime as of a proposal's time."""
     vol_forecasts: dict[str, deque[VolForecast]] = field(default_factory=dict)
@@ -211,6 +218,7 @@ class ShardState:
         for end, returns, priors in self.returns.flush(complete):
             self.covariance.update(end, returns, priors)
             self.models.append((end, self.covariance.snapshot()))
+            self.closed_bars.append(end)
 
     def model_as_of(self, ts: int) -> EwmaCovariance | None:
         """The covariance model after the last bar that ended at or before ``ts``."""
@@ -314,6 +322,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 out.extend(self._admit(item))
             elif isinstance(item, Mark):
                 st.add_mark(item, self.config.wait_for_data)
+                out.extend(self._auto_triggers())
             elif isinstance(item, RegimeUpdate):
                 st.regimes.add(item.ts_event, "", item)
             elif isinstance(item, VolForecast):
@@ -449,6 +458,80 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             model_versions=versions,
             model_status=status,
         )
+
+    def _auto_triggers(self) -> list[ShardOut]:
+        """REDUCE_ONLY for books that fell too far from their peak, or whose VaR is over limit.
+
+        Evaluated at each bar the covariance takes in, in event time: replays trigger at
+        the same bars. The command is applied here at once and published for the audit trail.
+        """
+        st, out = self.state, []
+        for end in st.closed_bars:
+            for pid in sorted(st.books):
+                why = self._breach(pid, end)
+                if why and st.trading_state(pid, "", end) == "ACTIVE":
+                    out.extend(self._reduce_only(pid, end, why))
+        st.closed_bars = []
+        return out
+
+    def _breach(self, pid: str, ts: int) -> str | None:
+        """Why portfolio ``pid`` must reduce at bar end ``ts`` (None: it need not)."""
+        st = self.state
+        limits = st.limits_as_of(self.config.limits, pid, ts)
+        cash, positions = st.books[pid].as_of(ts)
+        values, weights, vols = [cash], {}, {}
+        for inst, qty in positions.items():
+            mark = st.mark_as_of(inst, ts)
+            if not qty or mark is None:
+                continue
+            notional = qty * mark.price * st.references[inst]["face_value"]
+            values.append(notional)
+            weights[inst] = notional
+            vols[inst] = mark.daily_vol
+        value = math.fsum(values)
+        peak = st.peaks[pid] = max(st.peaks.get(pid, value), value)
+        if peak > 0 and value < peak * (1.0 - limits.max_drawdown):
+            return f"drawdown {1 - value / peak:.1%} from peak over {limits.max_drawdown:.0%}"
+        model = st.model_as_of(ts)
+        ids = sorted(weights)
+        if model is not None and ids and all(i in model.index for i in ids):
+            sigma = model.vols_for(ids, fallback_vols=vols)
+            if np.isfinite(sigma).all():
+                corr = model.correlation(ids)
+                w = np.array([weights[i] for i in ids]) * sigma
+                var = self.config.var_confidence_z * math.sqrt(max(float(w @ corr @ w), 0.0))
+                if var > limits.var_limit:
+                    return f"portfolio VaR {var:,.0f} over its limit {limits.var_limit:,.0f}"
+        return None
+
+    def _reduce_only(self, pid: str, ts: int, why: str) -> list[ShardOut]:
+        """Apply an automatic REDUCE_ONLY and sign it for risk.control."""
+        command: Record = {
+            "command_id": f"auto-{pid}-{ts}",
+            "action": "REDUCE_ONLY",
+            "scope": "PORTFOLIO",
+            "target": pid,
+            "limit_name": None,
+            "limit_value": None,
+            "issuer": "riskstream-auto",
+            "reason": why,
+            "nonce": f"auto-{pid}-{ts}",
+            "key_id": next(iter(sorted(self.config.control.keys)), ""),
+            "signature": "",
+            "ts_event": ts,
+        }
+        key = self.config.control.keys.get(command["key_id"])
+        if key is not None:
+            command["signature"] = sign(command, key)
+        log = self.state.states.setdefault(("PORTFOLIO", pid), TimeLog())
+        log.add(ts, command["command_id"], "REDUCE_ONLY")
+        metrics.TRADING_STATE.labels("PORTFOLIO", pid).set(STATE_ORDER["REDUCE_ONLY"])
+        fields = {
+            "state": "REDUCE_ONLY",
+            "command_id": command["command_id"],
+            "issuer": "riskstream-auto",
+        }
+        return [AutoControl(command), StateWrite(f"trading_state:PORTFOLIO:{pid}", ts, fields)]
 
     def _execute(self, fill: Inbound) -> list[ShardOut]:
         r = fill.record

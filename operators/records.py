@@ -116,6 +116,13 @@ class TickBatch:
     kind: str = "MarketTick"
 
 
+@dataclass(frozen=True, slots=True)
+class AutoControl:
+    """A ControlCommand riskstream issued itself (automatic REDUCE_ONLY), for risk.control."""
+
+    record: Record
+
+
 END_OF_TIME = 2**63 - 1
 """Event time of 'no more data' (a bounded read reached its end)."""
 

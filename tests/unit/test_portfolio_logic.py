@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from statistics import NormalDist
 from typing import Any
 
 import pytest
@@ -486,3 +488,52 @@ def test_shard_when_order_rate_exceeded_rejects_the_extra_proposal():
 
     assert [o["decision"] for o in out] == ["APPROVE", "APPROVE", "REJECT"]
     assert "ORDER_RATE" in reason_codes(out[2])
+
+
+def test_shard_when_book_draws_down_past_the_limit_switches_it_to_reduce_only():
+    from operators.control import verify
+    from operators.records import AutoControl
+
+    lg = shard("AAPL")
+    # 80,000 shares at 100 = 8M of a 10M book; a 15% fall is a 12% drawdown (limit 10%)
+    feed(lg, fill(quantity=80_000.0, price=100.0, ts_event=T0 - SECOND))
+    feed(lg, Mark("AAPL", T0, 100.0, 0.0))
+    out = feed(lg, Mark("AAPL", T0 + SECOND, 85.0, 0.0))
+
+    [auto] = [o for o in out if isinstance(o, AutoControl)]
+    assert (auto.record["action"], auto.record["scope"], auto.record["target"]) == (
+        "REDUCE_ONLY",
+        "PORTFOLIO",
+        "PF-1",
+    )
+    assert auto.record["ts_event"] == T0 + SECOND
+    verify(auto.record, auto.record["ts_event"], KEYS)  # signed with the flow's key
+    buy = decided(feed(lg, ask(ts_event=T0 + 2 * SECOND, quantity=10.0)))
+    sell = decided(feed(lg, ask(ts_event=T0 + 2 * SECOND, side="SELL", quantity=10.0)))
+    assert buy["decision"] == "REJECT" and "REDUCE_ONLY" in reason_codes(buy)
+    assert sell["decision"] == "APPROVE"
+
+
+def test_shard_when_drawdown_within_limit_triggers_nothing():
+    from operators.records import AutoControl
+
+    lg = shard("AAPL")
+    feed(lg, fill(quantity=80_000.0, price=100.0, ts_event=T0 - SECOND))
+    feed(lg, Mark("AAPL", T0, 100.0, 0.0))
+    out = feed(lg, Mark("AAPL", T0 + SECOND, 90.0, 0.0))  # 8% drawdown
+    assert not [o for o in out if isinstance(o, AutoControl)]
+
+
+def test_shard_when_portfolio_var_exceeds_its_limit_switches_it_to_reduce_only():
+    from operators.records import AutoControl
+
+    lg = shard("AAPL")
+    feed(lg, _set_limit("PORTFOLIO", "PF-1", "var_limit", 200_000.0, ts=T0 - 2 * SECOND))
+    feed(lg, fill(quantity=80_000.0, price=100.0, ts_event=T0 - SECOND))
+    feed(lg, Mark("AAPL", T0, 100.0, 0.02))
+    out = feed(lg, Mark("AAPL", T0 + SECOND, 100.0, 0.02))
+    # one position; the EWMA seeded with 0.02^2 then took one zero return:
+    # VaR = z * 8,000,000 * 0.02 * sqrt(0.94) = 255,159 > 200,000
+    [auto] = [o for o in out if isinstance(o, AutoControl)]
+    expected = NormalDist().inv_cdf(0.95) * 8_000_000 * 0.02 * math.sqrt(0.94)
+    assert f"VaR {expected:,.0f}" in auto.record["reason"]
