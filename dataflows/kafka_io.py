@@ -132,11 +132,13 @@ def follow(
     *,
     from_beginning: bool = True,
     timeout: float = 10.0,
+    poll_s: float = 0.2,
 ) -> Iterable[tuple[bytes | None, bytes | None, int]]:
     """Yield (key, value, kafka timestamp ms) of every message of ``topic``, forever.
 
     Assign-based (no group join wait); yields ``(None, None, -1)`` on idle polls so that
-    callers can check their stop condition.
+    callers can check their stop condition. ``poll_s`` bounds how long one poll waits for a
+    full batch: keep it small where latency is measured.
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -153,7 +155,7 @@ def follow(
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in parts])
         while True:
-            msgs = consumer.consume(500, 0.2)
+            msgs = consumer.consume(500, poll_s)
             if not msgs:
                 yield None, None, -1
             for m in msgs:
