@@ -132,7 +132,7 @@ def _book_risk(
     sign = 1 if proposal["side"] == "BUY" else -1
     risk = trade_risk(
         model, exposures, own, unit_notional, sign, proposal["quantity"],
-        var_budget=limits.var_budget, fallback_vols=vols, vols=context.vols, historical=False,
+        var_budget=limits.var_budget, fallback_vols=vols, vols=context.vols, historical=True,
     )  # fmt: skip
     warning = None
     if proxied:
@@ -293,6 +293,10 @@ def decide(
         "cvar_before": _finite(risk.cvar_before) if risk else None,
         "cvar_after": _finite(risk.cvar_after) if risk else None,
         "marginal_var": _finite(risk.marginal_var) if risk else None,
+        "hist_var_before": _finite(risk.hist_var_before) if risk else None,
+        "hist_var_after": _finite(risk.hist_var_after) if risk else None,
+        "hist_cvar_before": _finite(risk.hist_cvar_before) if risk else None,
+        "hist_cvar_after": _finite(risk.hist_cvar_after) if risk else None,
         "price": a.price,
         "features": features,
         "model_versions": dict(context.model_versions),
