@@ -185,8 +185,12 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from dataflows.backtest import add_backtest_parser
     from dataflows.demo import add_demo_parser
+    from dataflows.diff import add_diff_parser
+    from dataflows.model_cli import add_model_parsers
     from dataflows.producer import add_produce_parser
+    from dataflows.replay import add_replay_parser
 
     parser = argparse.ArgumentParser(
         prog="riskstream", description="Real-time pre-trade risk on Bytewax."
@@ -198,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_produce_parser(sub)
     _add_control(sub)
     _add_watch(sub)
+    add_replay_parser(sub)
+    add_diff_parser(sub)
+    add_backtest_parser(sub)
+    add_model_parsers(sub)
     return parser
 
 

@@ -4,6 +4,12 @@ Each partition yields its messages and, when it has nothing new, a ``SourceIdle`
 (at most every ``idle_every_ns``): live, "caught up as of this wall-clock time"; at the
 end of a bounded read, "no more data" (``END``). Markers travel the same path as the
 partition's data, after it, so downstream steps can fence on them.
+
+Optional per-partition ``start_offsets`` and ``end_offsets`` (replays of a time range) read
+``[start, end)``: a partition ends, with ``END``, once it has read the message before
+``end``, or at the end of the partition if that comes first (an offset may hold a
+transaction marker that is never delivered). Find end offsets by consuming (see
+``dataflows.replay``): the embedded broker's ListOffsets "latest" is not the true end.
 """
 
 from __future__ import annotations
@@ -49,29 +55,39 @@ class _Partition(StatefulSourcePartition[Any, int]):
         batch_size: int,
         tail: bool,
         idle_every_ns: int,
+        end: int | None = None,
     ) -> None:
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._partition = topic, partition
         self._offset = offset
         self._batch_size = batch_size
-        self._tail = tail
+        self._tail = tail and end is None
         self._idle_every_ns = idle_every_ns
         self._next_idle = 0
+        self._end = end
         self._done = False
+
+    def _finish(self, batch: list[Any]) -> list[Any]:
+        self._done = True
+        batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
+        return batch
 
     def next_batch(self) -> list[Any]:
         if self._done:
             raise StopIteration
         batch: list[Any] = []
+        end = self._end
+        if end is not None and self._offset >= end:
+            return self._finish(batch)
         for msg in self._consumer.consume(self._batch_size, 0.001):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF and not self._tail:
-                    self._done = True
-                    batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
-                    break
+                    return self._finish(batch)
                 continue  # transient errors: librdkafka retries by itself
+            if end is not None and int(msg.offset() or 0) >= end:
+                return self._finish(batch)
             batch.append(
                 KafkaSourceMessage(
                     key=msg.key(),
@@ -83,6 +99,8 @@ class _Partition(StatefulSourcePartition[Any, int]):
                 )
             )
             self._offset = int(msg.offset() or 0) + 1
+        if end is not None and self._offset >= end:
+            return self._finish(batch)
         if not batch and self._tail:
             now = time.time_ns()
             if now >= self._next_idle:
@@ -98,7 +116,13 @@ class _Partition(StatefulSourcePartition[Any, int]):
 
 
 class RiskSource(FixedPartitionedSource[Any, int]):
-    """Assign-based source over every partition of the input topics (offsets in snapshots)."""
+    """Assign-based source over every partition of the input topics (offsets in snapshots).
+
+    ``start_offsets`` / ``end_offsets`` map ``(topic, partition)`` to the first offset to
+    read and the offset to stop before; partitions not in them start at the beginning (or
+    the end, ``from_end``) and stop as ``tail`` says. A partition with an end offset is a
+    bounded read whatever ``tail`` is.
+    """
 
     def __init__(
         self,
@@ -109,6 +133,8 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         tail: bool = True,
         batch_size: int = 1000,
         idle_every_ns: int = 5_000_000,
+        start_offsets: dict[tuple[str, int], int] | None = None,
+        end_offsets: dict[tuple[str, int], int] | None = None,
     ) -> None:
         self.config = {
             "group.id": "riskstream-unused",  # assign() only: offsets live in snapshots
@@ -121,13 +147,18 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         self.tail = tail
         self.batch_size = batch_size
         self.idle_every_ns = idle_every_ns
+        self.start_offsets = dict(start_offsets or {})
+        self.end_offsets = dict(end_offsets or {})
+        if self.end_offsets:
+            self.config["enable.partition.eof"] = True
 
     def list_parts(self) -> list[str]:
         return [_part_name(t, p) for t, p in list_partitions(self.config, self.topics)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         index, topic = for_part.split("-", 1)
-        offset = self.start if resume_state is None else resume_state
+        part = (topic, int(index))
+        offset = self.start_offsets.get(part, self.start) if resume_state is None else resume_state
         return _Partition(
             dict(self.config),
             topic,
@@ -136,4 +167,5 @@ class RiskSource(FixedPartitionedSource[Any, int]):
             self.batch_size,
             self.tail,
             self.idle_every_ns,
+            self.end_offsets.get(part),
         )

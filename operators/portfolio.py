@@ -368,7 +368,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             f.record["portfolio_id"] == pid and f.record["ts_event"] <= ts for f in st.held_fills
         ):
             return False
-        if self.config.wait_for_data and st.marks:
+        if self.config.wait_for_data:
             # replays: the covariance and every held instrument's mark up to the bar of ts
             floor = ts - ts % self.config.bar_interval_ns
             if st.model_through < floor:

@@ -10,8 +10,8 @@ from operators.records import Record
 
 MAX_ID_LEN = 256
 INF = math.inf
-# Event times outside [2000-01-01, 2100-01-01) are rejected as absurd.
-MIN_TS_NS = 946_684_800 * 1_000_000_000
+# Event times outside [1980-01-01, 2100-01-01) are rejected as absurd.
+MIN_TS_NS = 315_532_800 * 1_000_000_000
 MAX_TS_NS = 4_102_444_800 * 1_000_000_000
 
 
@@ -39,7 +39,7 @@ def _ids(record: Record, *names: str) -> None:
 def _ts(record: Record) -> None:
     ts = record["ts_event"]
     if not MIN_TS_NS <= ts < MAX_TS_NS:
-        raise InvalidRecord("INVALID_TIMESTAMP", f"ts_event {ts} is outside 2000-2100")
+        raise InvalidRecord("INVALID_TIMESTAMP", f"ts_event {ts} is outside 1980-2100")
 
 
 def _tick(r: Record) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with riskstream and its dev extra,
 # redis-server from apt when it is missing, and (with --test) the tools the deployment
-# tests run: promtool (Debian's prometheus) and docker-compose. Re-running it is cheap:
+# tests run: promtool (Debian's prometheus), docker-compose and chromium (the report
+# screenshot test). Re-running it is cheap:
 # the pip install is skipped while pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2

@@ -18,7 +18,7 @@ def ns(*ymd_hms: int) -> int:
     return int(datetime(*ymd_hms, tzinfo=UTC).timestamp()) * 1_000_000_000
 
 
-Y2000 = ns(2000, 1, 1)
+Y1980 = ns(1980, 1, 1)
 Y2100 = ns(2100, 1, 1)
 
 VALID_ROWS = [
@@ -27,7 +27,7 @@ VALID_ROWS = [
     pytest.param("MarketTick", tick(size=0.0), id="tick-zero-size"),
     pytest.param("MarketTick", tick(**{"yield": 0.0425}), id="tick-with-yield"),
     pytest.param("MarketTick", tick(**{"yield": -0.005}), id="tick-negative-yield"),
-    pytest.param("MarketTick", tick(ts_event=Y2000), id="tick-at-2000"),
+    pytest.param("MarketTick", tick(ts_event=Y1980), id="tick-at-1980"),
     pytest.param("MarketTick", tick(ts_event=Y2100 - 1), id="tick-just-before-2100"),
     pytest.param("MarketTick", tick(instrument_id="X" * 256), id="tick-256-char-id"),
     pytest.param("Instrument", instrument(), id="instrument"),
@@ -66,7 +66,7 @@ INVALID_ROWS = [
     pytest.param("MarketTick", tick(**{"yield": NAN}), "INVALID_YIELD", id="tick-yield-nan"),
     pytest.param("MarketTick", tick(**{"yield": INF}), "INVALID_YIELD", id="tick-yield-inf"),
     # timestamps
-    pytest.param("MarketTick", tick(ts_event=Y2000 - 1), "INVALID_TIMESTAMP", id="ts-1999"),
+    pytest.param("MarketTick", tick(ts_event=Y1980 - 1), "INVALID_TIMESTAMP", id="ts-1979"),
     pytest.param("MarketTick", tick(ts_event=Y2100), "INVALID_TIMESTAMP", id="ts-2100"),
     pytest.param("MarketTick", tick(ts_event=0), "INVALID_TIMESTAMP", id="ts-epoch"),
     pytest.param("MarketTick", tick(ts_event=-1), "INVALID_TIMESTAMP", id="ts-negative"),
@@ -80,7 +80,7 @@ INVALID_ROWS = [
         "TradeProposal", proposal(ts_event=ns(2150, 1, 1)), "INVALID_TIMESTAMP", id="ts-2150"
     ),
     pytest.param(
-        "Execution", execution(ts_event=ns(1999, 12, 31)), "INVALID_TIMESTAMP", id="ex-ts"
+        "Execution", execution(ts_event=ns(1979, 12, 31)), "INVALID_TIMESTAMP", id="ex-ts"
     ),
     pytest.param("Instrument", instrument(ts_event=0), "INVALID_TIMESTAMP", id="ref-ts"),
     pytest.param("ControlCommand", control(ts_event=0), "INVALID_TIMESTAMP", id="ctl-ts"),
