@@ -22,6 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from operators import metrics
 from operators.errors import InfrastructureError
 from operators.records import END_OF_TIME, SourceIdle
 
@@ -65,6 +66,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
         self._tail = tail and end is None
         self._idle_every_ns = idle_every_ns
         self._next_idle = 0
+        self._next_lag = 0.0
         self._end = end
         self._done = False
 
@@ -73,9 +75,22 @@ class _Partition(StatefulSourcePartition[Any, int]):
         batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
         return batch
 
+    def _report_lag(self) -> None:
+        """Input lag from the high watermark librdkafka already has (no broker call)."""
+        now = time.monotonic()
+        if now < self._next_lag:
+            return
+        self._next_lag = now + 1.0
+        tp = TopicPartition(self._topic, self._partition)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            lag = max(0, high - self._offset)
+            metrics.INPUT_LAG.labels(self._topic, str(self._partition)).set(lag)
+
     def next_batch(self) -> list[Any]:
         if self._done:
             raise StopIteration
+        self._report_lag()
         batch: list[Any] = []
         end = self._end
         if end is not None and self._offset >= end:

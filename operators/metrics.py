@@ -13,6 +13,11 @@ DECISION_LATENCY = Histogram(
     "Wall-clock time from consuming a proposal to handing its RiskScore to the producer.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+INPUT_LAG = Gauge(
+    "riskstream_input_lag_messages",
+    "Messages on the broker not yet read, by input topic and partition.",
+    ["topic", "partition"],
+)
 STATE_WRITE_FAILURES = Counter(
     "riskstream_redis_write_failures_total", "Redis state writes that failed (retried later)."
 )

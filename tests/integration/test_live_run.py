@@ -101,3 +101,4 @@ def test_metrics_when_running_count_messages_decisions_and_dead_letters(settings
     assert 'riskstream_decisions_total{decision="APPROVE"} 1.0' in text
     assert 'riskstream_dlq_total{reason="BAD_MAGIC"} 1.0' in text
     assert "riskstream_decision_latency_seconds_count 1.0" in text
+    assert f'riskstream_input_lag_messages{{partition="0",topic="{proposals}"}}' in text

@@ -39,7 +39,6 @@ FUTURE_METRICS = {
     "riskstream_regime_probability",
     "riskstream_model_load_failures_total",
     "riskstream_model_inference_seconds",
-    "bytewax_kafka_consumer_lag",
     "up",
 }
 INSTALL_HINT = {
