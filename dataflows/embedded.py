@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -128,7 +129,7 @@ def _sweep_stale_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class _Process:
+class _Process(ABC):
     """One child server: spawn, readiness wait, signals, cleanup. Subclasses fill in."""
 
     name: ClassVar[str] = "process"
@@ -148,15 +149,16 @@ class _Process:
         """Seconds from spawn to ready of the last successful start."""
 
     # -- subclass hooks --------------------------------------------------------------------
+    @abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     def _env(self) -> dict[str, str] | None:
         return None
 
+    @abstractmethod
     def _probe(self, remaining: float) -> bool:
         """Return True once the server answers; called repeatedly until the deadline."""
-        raise NotImplementedError
 
     # -- public surface --------------------------------------------------------------------
     @property

@@ -100,20 +100,6 @@ RENORMALISE_BELOW = 1e-100
 TOLERANCE = 1e-9
 """Relative slack before a quantity counts as over a closed-form cap (float noise)."""
 
-DEFAULT_REGIME_VOL_MULT: dict[str, float] = {
-    "CALM": 1.0,
-    "VOL_RISK_OFF": 1.5,
-    "LIQUIDITY_CRISIS": 2.0,
-    "CREDIT_SELLOFF": 1.5,
-    "RATE_SELLOFF": 1.3,
-    "RALLY": 1.0,
-    "TECHNICAL_DISLOCATION": 1.25,
-}
-"""Volatility multiplier per regime (keys: ``models.regimes.Regime`` values). Policy
-placeholders, not estimates: set them in configuration. Use them with EWMA volatilities;
-the vol ensemble's forecasts already condition on the regime."""
-
-
 # ---------------------------------------------------------------------------------------
 # Normal quantiles
 # ---------------------------------------------------------------------------------------
@@ -140,10 +126,12 @@ def es_factor(confidence: float) -> float:
 
 
 def regime_vol_multiplier(
-    probabilities: Mapping[str, float],
-    multipliers: Mapping[str, float] = DEFAULT_REGIME_VOL_MULT,
+    probabilities: Mapping[str, float], multipliers: Mapping[str, float]
 ) -> float:
     """Volatility multiplier of a regime mixture: ``sqrt(sum p_k m_k^2 / sum p_k)``.
+
+    ``multipliers`` (per regime name) are a risk policy to configure; use them with EWMA
+    volatilities only, since the vol ensemble's forecasts already condition on the regime.
 
     The variance of a mixture of zero-mean normals is the probability-weighted variance, so
     multipliers combine in squares. Regimes without a multiplier count as 1; no usable

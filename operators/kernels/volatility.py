@@ -16,6 +16,7 @@ Inputs are per-bar returns (or bar OHLC); outputs are per-bar (not annualized) f
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Self
 
 import numpy as np
@@ -166,7 +167,7 @@ def _valid_bar(open_: float, high: float, low: float, close: float) -> bool:
     return ok and low <= min(open_, close) and high >= max(open_, close)
 
 
-class _RangeVol(KernelState):
+class _RangeVol(KernelState, ABC):
     __slots__ = ("_buf", "_st", "_v", "window")
 
     def __init__(self, window: int = 20) -> None:
@@ -177,8 +178,9 @@ class _RangeVol(KernelState):
         self._st = state_vector(1)
         self._v = math.nan
 
+    @abstractmethod
     def _term(self, open_: float, high: float, low: float, close: float) -> float:
-        raise NotImplementedError
+        """One bar's contribution to the mean of squares."""
 
     def update(self, open_: float, high: float, low: float, close: float) -> Self:
         """Add one bar; a bar with non-positive or inconsistent prices is ignored."""

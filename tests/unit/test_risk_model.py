@@ -224,11 +224,12 @@ def test_scaled_when_given_vol_forecasts_rescales_the_correlation():
 
 
 def test_regime_vol_multiplier_when_mixture_combines_in_squares():
-    assert regime_vol_multiplier({"LIQUIDITY_CRISIS": 1.0}) == pytest.approx(2.0)
-    assert regime_vol_multiplier({"CALM": 0.5, "LIQUIDITY_CRISIS": 0.5}) == pytest.approx(
+    policy = {"CALM": 1.0, "LIQUIDITY_CRISIS": 2.0}
+    assert regime_vol_multiplier({"LIQUIDITY_CRISIS": 1.0}, policy) == pytest.approx(2.0)
+    assert regime_vol_multiplier({"CALM": 0.5, "LIQUIDITY_CRISIS": 0.5}, policy) == pytest.approx(
         math.sqrt(0.5 * 1.0 + 0.5 * 4.0)
     )
-    assert regime_vol_multiplier({}) == 1.0
+    assert regime_vol_multiplier({}, policy) == 1.0
 
 
 # ---------------------------------------------------------------------------------------
