@@ -185,12 +185,15 @@ class Producer(threading.Thread):
 
 
 def show_decisions(
-    settings: Settings, stop: threading.Event, deadline: float | None, dead: Counter[str]
-) -> Counter[str]:
-    """Print each decision as it arrives, and a summary line every few seconds."""
+    settings: Settings,
+    stop: threading.Event,
+    deadline: float | None,
+    dead: Counter[str],
+    seen: Counter[str],
+) -> None:
+    """Print each decision as it arrives (counted in ``seen``), and a summary every few s."""
     codec = codec_for(settings)
     color = sys.stdout.isatty()
-    seen: Counter[str] = Counter()
     latencies: list[float] = []
     next_summary = time.monotonic() + SUMMARY_EVERY_S
     for _, value, _ in follow(settings, settings.topics.name("scores")):
@@ -208,7 +211,6 @@ def show_decisions(
             if settings.metrics_port:
                 print(f"--- {scrape_drift(settings.metrics_port)} ---", flush=True)
             latencies.clear()
-    return seen
 
 
 def scrape_drift(port: int) -> str:
@@ -262,7 +264,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         deadline = time.monotonic() + args.duration if args.duration else None
         seen: Counter[str] = Counter()
         try:
-            seen = show_decisions(live, stop, deadline, dead.counts)
+            show_decisions(live, stop, deadline, dead.counts, seen)
             if flow.poll() is not None:
                 raise InfrastructureError(f"the flow process exited with code {flow.returncode}")
         except KeyboardInterrupt:

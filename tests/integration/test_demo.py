@@ -94,4 +94,6 @@ def test_demo_when_interrupted_stops_everything_it_started():
     out = "".join(seen) + rest
     assert proc.returncode == 0, err[-2000:]
     assert "demo finished" in out
+    finished = next(line for line in out.splitlines() if line.startswith("demo finished"))
+    assert "demo finished: 0 decisions" not in finished  # the summary counts what was shown
     assert children_of_ports(out) == []
