@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -345,40 +344,14 @@ def persistence_baseline(train: Sequence[Any], test: Sequence[Any]) -> dict[str,
 def markov_baseline(
     train: Sequence[Any], test: Sequence[Any], k: int, search_reps: int, seed: int
 ) -> dict[str, FloatArray]:
-    """:func:`models.regime_tft.markov_baseline` with a seeded start-parameter search.
+    """The training report's Markov-switching baseline, with a seeded start search.
 
-    statsmodels draws its random start parameters from fresh OS entropy unless given
-    ``rng``; seeding it makes the baseline (and ``docs/MODELS.md``) reproducible. One
-    model per source, fitted on that source's training returns (percent), test series
-    filtered causally with the fitted parameters, filtered state probabilities mapped
-    to the regimes by the training co-occurrence P(regime of t+1 | state at t).
+    statsmodels draws its random start parameters from fresh entropy unless seeded;
+    seeding makes the baseline (and ``docs/MODELS.md``) reproducible.
     """
-    from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
+    from models.regime_tft import markov_baseline as baseline
 
-    from models.market_features import MARKET_FEATURES
-    from models.regime_tft import markov_filtered
-
-    ret = MARKET_FEATURES.index("ret_1")
-    out: dict[str, FloatArray] = {}
-    for source in sorted({s.source for s in test}):
-        fit_series = [s for s in train if s.source == source]
-        if not fit_series:
-            continue
-        spans = [(s, int(s.ends[0]), int(s.ends[-1]) + 1) for s in fit_series]
-        returns = np.concatenate([s.features[lo:hi, ret] for s, lo, hi in spans])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = MarkovRegression(100.0 * returns, k_regimes=k, switching_variance=True)
-            fitted = model.fit(disp=False, search_reps=search_reps, rng=seed)
-        filt = np.asarray(fitted.filtered_marginal_probabilities)
-        targets = np.concatenate([s.labels[lo + 1 : hi + 1] for s, lo, hi in spans])
-        mapping = _calibrate(filt, targets)
-        for s in (t for t in test if t.source == source):
-            first = int(np.argmax(np.isfinite(s.features).all(axis=1)))
-            res = markov_filtered(s.features[first:, ret], k, np.asarray(fitted.params))
-            f = np.asarray(res.filtered_marginal_probabilities)
-            out[s.name] = f[s.ends - first] @ mapping
-    return out
+    return baseline(train, test, k, search_reps, seed)
 
 
 def _stack(per_series: Mapping[str, FloatArray], names: Sequence[str]) -> FloatArray:

@@ -431,21 +431,32 @@ def _calibrate(states: FloatArray, target: IntArray) -> FloatArray:
 
 
 def markov_filtered(
-    returns: FloatArray, k: int, params: FloatArray | None = None, search_reps: int = 5
+    returns: FloatArray,
+    k: int,
+    params: FloatArray | None = None,
+    search_reps: int = 5,
+    seed: int | None = None,
 ) -> Any:
-    """Fitted (``params`` None) or filtered MarkovRegression results on percent returns."""
+    """Fitted (``params`` None) or filtered MarkovRegression results on percent returns.
+
+    ``seed`` fixes statsmodels' random start-parameter search (otherwise fresh entropy).
+    """
     from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = MarkovRegression(100.0 * returns, k_regimes=k, switching_variance=True)
         if params is None:
-            return model.fit(disp=False, search_reps=search_reps)
+            return model.fit(disp=False, search_reps=search_reps, rng=seed)
         return model.filter(params)
 
 
 def markov_baseline(
-    train: Sequence[Series], test: Sequence[Series], k: int, search_reps: int = 5
+    train: Sequence[Series],
+    test: Sequence[Series],
+    k: int,
+    search_reps: int = 5,
+    seed: int | None = None,
 ) -> dict[str, FloatArray]:
     """Causal MarkovRegression probabilities of each test series' windows, per source.
 
@@ -461,7 +472,7 @@ def markov_baseline(
             continue
         spans = [(s, s.ends[0], s.ends[-1] + 1) for s in fit_series]
         returns = np.concatenate([s.features[lo:hi, ret] for s, lo, hi in spans])
-        fitted = markov_filtered(returns, k, search_reps=search_reps)
+        fitted = markov_filtered(returns, k, search_reps=search_reps, seed=seed)
         filt = np.asarray(fitted.filtered_marginal_probabilities)
         targets = np.concatenate([s.labels[lo + 1 : hi + 1] for s, lo, hi in spans])
         mapping = _calibrate(filt, targets)

@@ -400,16 +400,16 @@ def test_k8s_entrypoint_derives_process_id_addresses_and_recovery(tmp_path: Path
     c = container(only(k8s_objects(), "StatefulSet"))
     assert c["command"] == ["/bin/sh", "-c"]
     (script,) = c["args"]
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "riskstream").write_text(
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "riskstream").write_text(
         f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
     )
-    (stub / "riskstream").chmod(0o755)
+    (fake_bin / "riskstream").chmod(0o755)
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     env = {
-        "PATH": f"{stub}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PATH": f"{fake_bin}:{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOSTNAME": "riskstream-1",
         "PROCESS_COUNT": "3",
         "HEADLESS_SERVICE": env_value(c, "HEADLESS_SERVICE"),
