@@ -16,7 +16,8 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from operators.config import EngineConfig
-from operators.ingest import ControlGateLogic, parse_batch
+from operators.control_gate import ControlGateLogic
+from operators.ingest import parse_batch
 from operators.instrument import InstrumentLogic
 from operators.market import MarketConfig, MarketLogic, RegimeOut, regime_write
 from operators.portfolio import ShardLogic

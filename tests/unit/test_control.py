@@ -14,8 +14,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.config import ControlKeys, EngineConfig
 from operators.control import canonical_text, sign, verify
+from operators.control_gate import ControlGateLogic
 from operators.errors import InvalidRecord
-from operators.ingest import ControlGateLogic
 from operators.records import DeadLetterItem, Inbound, Source
 from operators.validate import validate
 from tests.factories import KEY, KEYS, SECOND, T0, control

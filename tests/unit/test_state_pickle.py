@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from operators.config import EngineConfig, Limits
-from operators.ingest import ControlGateLogic, GateState
+from operators.control_gate import ControlGateLogic, GateState
 from operators.instrument import InstrumentLogic, InstrumentState
 from operators.portfolio import Book, ShardLogic, ShardState, TimeLog
 from operators.records import (
