@@ -15,16 +15,26 @@ transaction marker that is never delivered). Find end offsets by consuming (see
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from operators import metrics
 from operators.errors import InfrastructureError
-from operators.records import END_OF_TIME, SourceIdle
+from operators.records import END_OF_TIME, MessageBlock, SourceIdle
+
+
+def _offset(msg: Message) -> int:
+    return msg.offset() or 0
 
 
 def _part_name(topic: str, partition: int) -> str:
@@ -66,6 +76,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
         self._tail = tail and end is None
         self._idle_every_ns = idle_every_ns
         self._next_idle = 0
+        self._live = False
         self._next_lag = 0.0
         self._end = end
         self._done = False
@@ -74,6 +85,19 @@ class _Partition(StatefulSourcePartition[Any, int]):
         self._done = True
         batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
         return batch
+
+    def _caught_up(self) -> bool:
+        """Whether the partition has read all the broker had when a fetch last answered.
+
+        Until then (just started or restarted, reading a backlog) an empty poll does not
+        mean "nothing before now is still to come", so no idle marker is sent.
+        """
+        if not self._live:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition), cached=True
+            )
+            self._live = 0 <= high <= self._offset
+        return self._live
 
     def _report_lag(self) -> None:
         """Input lag from the high watermark librdkafka already has (no broker call)."""
@@ -91,37 +115,52 @@ class _Partition(StatefulSourcePartition[Any, int]):
         if self._done:
             raise StopIteration
         self._report_lag()
-        batch: list[Any] = []
         end = self._end
         if end is not None and self._offset >= end:
+            return self._finish([])
+        msgs = self._consumer.consume(self._batch_size, 0.001)
+        good, finished = self._usable(msgs)
+        batch: list[Any] = []
+        if good:
+            batch.append(self._block(good))
+            self._offset = _offset(good[-1]) + 1
+        if finished or (end is not None and self._offset >= end):
             return self._finish(batch)
-        for msg in self._consumer.consume(self._batch_size, 0.001):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF and not self._tail:
-                    return self._finish(batch)
-                continue  # transient errors: librdkafka retries by itself
-            if end is not None and int(msg.offset() or 0) >= end:
-                return self._finish(batch)
-            batch.append(
-                KafkaSourceMessage(
-                    key=msg.key(),
-                    value=msg.value(),
-                    topic=self._topic,
-                    partition=self._partition,
-                    offset=msg.offset(),
-                    timestamp=msg.timestamp(),
-                )
-            )
-            self._offset = int(msg.offset() or 0) + 1
-        if end is not None and self._offset >= end:
-            return self._finish(batch)
-        if not batch and self._tail:
+        if not batch and self._tail and self._caught_up():
             now = time.time_ns()
             if now >= self._next_idle:
                 self._next_idle = now + self._idle_every_ns
                 batch.append(SourceIdle(self._topic, self._partition, now))
         return batch
+
+    def _usable(self, msgs: list[Message]) -> tuple[list[Message], bool]:
+        """The data messages before the end offset, and whether the partition is finished."""
+        if any(m.error() is not None for m in msgs):
+            good = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() == KafkaError._PARTITION_EOF and not self._tail:
+                    return good, True
+                # other errors are transient: librdkafka retries by itself
+            msgs = good
+        end = self._end
+        if end is not None and msgs and _offset(msgs[-1]) >= end:
+            keep = [m for m in msgs if _offset(m) < end]
+            return keep, True
+        return msgs, False
+
+    def _block(self, msgs: list[Message]) -> MessageBlock:
+        stamps = [m.timestamp() for m in msgs]
+        return MessageBlock(
+            self._topic,
+            self._partition,
+            cast("list[int]", [m.offset() for m in msgs]),  # data messages have offsets
+            [t[1] * 1_000_000 if t[0] else 0 for t in stamps],
+            [m.key() for m in msgs],
+            [m.value() for m in msgs],
+        )
 
     def snapshot(self) -> int:
         return self._offset

@@ -34,10 +34,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Generic, TextIO, TypeVar
 
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from dataflows.settings import INPUT_KINDS, LimitSettings, Settings
 from operators.errors import ConfigError, InfrastructureError
-from operators.records import DeadLetterItem, Decided, StateWrite
+from operators.records import DeadLetterItem, Decided, MessageBlock, StateWrite
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ class _ReplayPartition(StatefulSourcePartition[Any, Any]):
         self._inner_done = False
 
     def _count(self, batch: list[Any]) -> list[Any]:
-        n = sum(1 for m in batch if isinstance(m, KafkaSourceMessage))
+        n = sum(len(m) for m in batch if isinstance(m, MessageBlock))
         if n:
             self._counters.add_events(n)
         return batch
@@ -488,19 +488,30 @@ class _ReplayPartition(StatefulSourcePartition[Any, Any]):
             raise StopIteration
         now = time.time()
         out: list[Any] = []
-        while self._buffer and self._due(self._buffer[0]) <= now:
+        while self._buffer:
+            head = self._buffer[0]
+            if not isinstance(head, MessageBlock):  # markers follow the data before them
+                out.append(self._buffer.popleft())
+                continue
+            n = sum(1 for _ in takewhile(lambda ts: self._due(ts) <= now, head.timestamps_ns))
+            if n < len(head):
+                if n:
+                    due, self._buffer[0] = head.split(n)
+                    out.append(due)
+                break
             out.append(self._buffer.popleft())
         return self._count(out)
 
-    def _due(self, item: Any) -> float:
-        if self._pacer is None or not isinstance(item, KafkaSourceMessage):
-            return 0.0  # markers follow the data before them at once
-        kind, ts = item.timestamp or (0, 0)
-        return self._pacer.due(ts) if kind else 0.0
+    def _due(self, ts_ns: int) -> float:
+        """Release time of a message (at once when it has no timestamp)."""
+        if self._pacer is None or not ts_ns:
+            return 0.0
+        return self._pacer.due(ts_ns // 1_000_000)
 
     def next_awake(self) -> datetime | None:
         if self._pacer is not None and self._buffer:
-            due = self._due(self._buffer[0])
+            head = self._buffer[0]
+            due = self._due(head.timestamps_ns[0]) if isinstance(head, MessageBlock) else 0.0
             if due > time.time():
                 return datetime.fromtimestamp(due, tz=UTC)
         return None

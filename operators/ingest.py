@@ -1,8 +1,8 @@
-"""Decoding and validating input messages, and the control-command gate."""
+"""Decoding and validating input messages into the items the flow routes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,71 +14,114 @@ from operators.records import (
     END_OF_TIME,
     DeadLetterItem,
     Inbound,
+    MessageBlock,
     Progress,
-    Source,
+    Record,
     SourceIdle,
     TickBatch,
 )
+from operators.tick_ingest import tick_batches
 from operators.validate import validate
 from schemas.codec import Codec
 
 Parsed = Inbound | DeadLetterItem | Progress | TickBatch
 
 
-def _source(msg: Any) -> Source:
-    ts = msg.timestamp[1] * 1_000_000 if msg.timestamp and msg.timestamp[0] else 0
-    return Source(msg.topic or "", msg.partition or 0, msg.offset or 0, ts)
+def as_blocks(items: Iterable[Any]) -> Iterator[MessageBlock | SourceIdle]:
+    """Blocks and markers as they are; runs of single messages gathered into blocks.
+
+    Single messages are Bytewax's ``KafkaSourceMessage``, as tests and backtests make them.
+    """
+    run: list[Any] = []
+    for item in items:
+        if isinstance(item, (MessageBlock, SourceIdle)):
+            if run:
+                yield from _blocks_of(run)
+                run = []
+            yield item
+        else:
+            run.append(item)
+    if run:
+        yield from _blocks_of(run)
+
+
+def _blocks_of(msgs: list[Any]) -> Iterator[MessageBlock]:
+    start = 0
+    for end in range(1, len(msgs) + 1):
+        if end == len(msgs) or (msgs[end].topic, msgs[end].partition) != (
+            msgs[start].topic,
+            msgs[start].partition,
+        ):
+            run = msgs[start:end]
+            yield MessageBlock(
+                run[0].topic or "",
+                run[0].partition or 0,
+                [m.offset or 0 for m in run],
+                [m.timestamp[1] * 1_000_000 if m.timestamp and m.timestamp[0] else 0 for m in run],
+                [m.key for m in run],
+                [m.value for m in run],
+            )
+            start = end
 
 
 def parse_batch(
-    msgs: list[Any], kinds: Mapping[str, str], codec: Codec, config: EngineConfig
+    items: list[Any], kinds: Mapping[str, str], codec: Codec, config: EngineConfig
 ) -> list[Parsed]:
     """Decode and validate a batch of Kafka messages; failures become dead letters.
 
-    For fenced topics (control, executions), the batch ends with one ``Progress`` per
-    partition it touched: from the data's event times, from an idle marker (live: wall
-    clock minus a margin; bounded reads: the end).
+    Ticks come out as one columnar ``TickBatch`` per instrument. For fenced topics
+    (control, executions), the batch ends with one ``Progress`` per partition it touched:
+    from the data's event times, from an idle marker (live: wall clock minus a margin;
+    bounded reads: the end).
     """
     now = int(datetime.now(UTC).timestamp() * 1e9)
     out: list[Parsed] = []
-    counts: dict[str, int] = {}
     progress: dict[tuple[str, int], int] = {}
-    ticks: dict[str, list[Inbound]] = {}
-    for msg in msgs:
-        if isinstance(msg, SourceIdle):
-            _idle_progress(msg, kinds, config, progress)
+    tick_blocks: list[MessageBlock] = []
+    for block in as_blocks(items):
+        if isinstance(block, SourceIdle):
+            _idle_progress(block, kinds, config, progress)
             continue
-        source = _source(msg)
-        counts[source.topic] = counts.get(source.topic, 0) + 1
-        kind = kinds.get(source.topic)
-        record: dict[str, Any] = {}
-        try:
-            if kind is None:
-                raise CodecError("UNKNOWN_TOPIC", f"no record type for topic {source.topic!r}")
-            record = codec.decode(kind, msg.value)
-            validate(kind, record)
-        except (CodecError, InvalidRecord) as exc:
-            ts = record.get("ts_event")
-            letter = dead_letter(source, exc.code, f"parse: {exc}", "parse", ts, msg.key, msg.value)
-            out.append(DeadLetterItem(letter))
-            continue
-        if kind in config.fence_kinds:  # only valid records move event time forward
-            part = (source.topic, source.partition)
-            seen = record["ts_event"] - config.lateness_ns + 1
-            progress[part] = max(progress.get(part, 0), seen)
-        inbound = Inbound(kind, record, source, now, msg.key, msg.value)
+        metrics.MESSAGES.labels(block.topic).inc(len(block))
+        kind = kinds.get(block.topic)
         if kind == "MarketTick":
-            ticks.setdefault(record["instrument_id"], []).append(inbound)
-        else:
-            out.append(inbound)
-    out.extend(TickBatch(instrument, group) for instrument, group in ticks.items())
+            tick_blocks.append(block)
+            continue
+        for i in range(len(block)):
+            parsed = parse_one(block, i, kind, codec, now)
+            out.append(parsed)
+            if isinstance(parsed, Inbound) and parsed.kind in config.fence_kinds:
+                # only valid records move event time forward
+                part = (block.topic, block.partition)
+                seen = parsed.record["ts_event"] - config.lateness_ns + 1
+                progress[part] = max(progress.get(part, 0), seen)
+    if tick_blocks:
+        out.extend(tick_batches(tick_blocks, codec, now))
     lanes: dict[str, list[tuple[str, int, int]]] = {}
     for (topic, partition), ts in progress.items():
         lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
     out.extend(Progress(kind, tuple(parts)) for kind, parts in lanes.items())
-    for topic, n in counts.items():
-        metrics.MESSAGES.labels(topic).inc(n)
     return out
+
+
+def parse_one(
+    block: MessageBlock, i: int, kind: str | None, codec: Codec, now: int
+) -> Inbound | DeadLetterItem:
+    """Decode and validate message ``i`` of ``block`` (a dead letter when it fails)."""
+    record: Record = {}
+    value = block.values[i]
+    try:
+        if kind is None:
+            raise CodecError("UNKNOWN_TOPIC", f"no record type for topic {block.topic!r}")
+        record = codec.decode(kind, value)
+        validate(kind, record)
+    except (CodecError, InvalidRecord) as exc:
+        ts = record.get("ts_event")
+        letter = dead_letter(
+            block.source(i), exc.code, f"parse: {exc}", "parse", ts, block.keys[i], value
+        )
+        return DeadLetterItem(letter)
+    return Inbound(kind, record, block.source(i), now, block.keys[i], value)
 
 
 def _idle_progress(

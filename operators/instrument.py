@@ -20,8 +20,11 @@ from bytewax.operators import StatefulBatchLogic
 from operators.config import EngineConfig
 from operators.deadletter import dead_letter
 from operators.kernels import BondSpec, FeatureConfig, InstrumentFeatures
+from operators.kernels.bars import RUN_CLOSE, RUN_INVALID, RUN_LATE
 from operators.kernels.fixed_income import bond_risk
+from operators.kernels.history import TickHistory
 from operators.kernels.liquidity import quoted_spread_bps
+from operators.kernels.validation import INVALID_PRICE, LATE, check_tick
 from operators.records import (
     DeadLetterItem,
     Inbound,
@@ -33,14 +36,13 @@ from operators.records import (
     TickBatch,
 )
 from operators.snapshot import freeze, thaw
+from operators.tick_ingest import tick_batch_of
 
 TICK_HISTORY = 4096
 BAR_HISTORY = 512
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 InstrumentOut = PricedProposal | Mark | StateWrite | DeadLetterItem
-Tick = tuple[float, float, float, float]
-"""(bid, ask, last, yield or NaN)."""
 
 
 @dataclass
@@ -58,39 +60,28 @@ class InstrumentState:
     features: InstrumentFeatures
     instrument_id: str = ""
     instrument: Record | None = None
-    tick_ts: deque[int] = field(default_factory=lambda: deque(maxlen=TICK_HISTORY))
-    ticks: deque[Tick] = field(default_factory=lambda: deque(maxlen=TICK_HISTORY))
+    ticks: TickHistory = field(default_factory=lambda: TickHistory(TICK_HISTORY))
     bar_ts: deque[int] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
     bar_values: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
     watermark: int = -1
     """Largest tick event time seen (-1 before the first tick)."""
     pending: list[Pending] = field(default_factory=list)
 
-    def add_tick(self, tick: Record) -> tuple[list[int], str | None]:
-        """Record a tick; the end times of the bars it closed, and a rejection reason."""
-        ts = tick["ts_event"]
-        yld = tick.get("yield")
-        res = self.features.on_tick(ts, tick["bid"], tick["ask"], tick["last"], tick["size"], yld)
-        if res.reason is not None:
-            return [], res.reason
-        row = (tick["bid"], tick["ask"], tick["last"], math.nan if yld is None else yld)
-        i = bisect.bisect_right(self.tick_ts, ts)
-        if i == len(self.tick_ts):
-            self.tick_ts.append(ts)
-            self.ticks.append(row)
-        elif i or len(self.tick_ts) < TICK_HISTORY:  # out of order, within the lateness
-            if len(self.tick_ts) == TICK_HISTORY:  # drop the oldest to make room
-                self.tick_ts.popleft()
-                self.ticks.popleft()
-                i -= 1
-            self.tick_ts.insert(i, ts)
-            self.ticks.insert(i, row)
-        self.watermark = max(self.watermark, ts)
-        ends = [bar.end_ns for bar in res.closed_bars]
-        if ends:  # bars close in order; features() now describe the newest one
-            self.bar_ts.append(ends[-1])
+    def add_ticks(self, batch: TickBatch, i0: int) -> tuple[int, int]:
+        """Add ticks from ``i0`` on until one closes bars or is rejected, or the end.
+
+        Returns ``(i, code)`` as :meth:`InstrumentFeatures.on_ticks` does; ticks before
+        ``i`` are recorded (on RUN_LATE / RUN_INVALID, tick ``i`` is rejected).
+        """
+        cols = (batch.ts, batch.last, batch.size, batch.bid, batch.ask, batch.yld)
+        stop, code, closed = self.features.on_ticks(*cols, i0)
+        if stop > i0:
+            self.ticks.insert(batch.ts, batch.bid, batch.ask, batch.last, batch.yld, i0, stop)
+            self.watermark = max(self.watermark, int(batch.ts[i0:stop].max()))
+        if closed:  # bars close in order; features() now describe the newest one
+            self.bar_ts.append(closed[-1].end_ns)
             self.bar_values.append(self.features.bar_features())
-        return ends, None
+        return stop, code
 
     def view_as_of(self, ts: int, lateness_ns: int) -> MarketView:
         """Market state at ``ts``: the last tick at or before it, the last settled bar."""
@@ -98,14 +89,15 @@ class InstrumentState:
         features = (
             {k: v for k, v in self.bar_values[j - 1].items() if math.isfinite(v)} if j else {}
         )
-        i = bisect.bisect_right(self.tick_ts, ts)
-        if not i:
+        found = self.ticks.as_of(ts)
+        if found is None:
             return MarketView(self.instrument, features=features)
-        bid, ask, last, yld = self.ticks[i - 1]
+        tick_ts, values = found
+        bid, ask, last, yld = (float(x) for x in values)
         features["mid"] = 0.5 * (bid + ask)
         features["quoted_spread_bps"] = quoted_spread_bps(bid, ask)
         features.update(bond_features(self.instrument, ts, yld))
-        return MarketView(self.instrument, self.tick_ts[i - 1], last, bid, ask, features)
+        return MarketView(self.instrument, tick_ts, last, bid, ask, features)
 
 
 def bond_spec(instrument: Record | None) -> BondSpec | None:
@@ -184,16 +176,15 @@ class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, byt
         out: list[InstrumentOut] = []
         st = self.state
         for item in values:
+            if isinstance(item, Inbound) and item.kind == "MarketTick":
+                item = tick_batch_of(item)
             if isinstance(item, TickBatch):
                 st.instrument_id = item.instrument_id
-                for tick in item.ticks:
-                    out.extend(self._tick(tick))
+                out.extend(self._ticks(item))
                 continue
             rec = item.record
             st.instrument_id = rec["instrument_id"]
-            if item.kind == "MarketTick":
-                out.extend(self._tick(item))
-            elif item.kind == "Instrument":
+            if item.kind == "Instrument":
                 st.instrument = rec
                 out.append(
                     StateWrite(f"reference:{st.instrument_id}", rec["ts_event"], _ref_fields(rec))
@@ -208,19 +199,41 @@ class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, byt
             out.extend(self._release(self._complete))
         return out, StatefulBatchLogic.RETAIN
 
-    def _tick(self, item: Inbound) -> list[InstrumentOut]:
+    def _ticks(self, batch: TickBatch) -> list[InstrumentOut]:
+        """Add a batch of ticks: rejected ones are dead-lettered, closed bars give marks."""
+        out: list[InstrumentOut] = []
+        i = 0
+        while i < len(batch):
+            i, code = self.state.add_ticks(batch, i)
+            if code == RUN_CLOSE:
+                out.extend(self._bar_outputs())
+            elif code in (RUN_LATE, RUN_INVALID):
+                out.append(self._rejected(batch, i, code))
+                i += 1
+        return out
+
+    def _rejected(self, batch: TickBatch, i: int, code: int) -> DeadLetterItem:
         st = self.state
-        ends, reason = st.add_tick(item.record)
-        if reason is not None:
-            late = f"instrument: tick at {item.record['ts_event']} is behind the bars closed for"
-            why = f"{late} {st.instrument_id!r}" if reason == "LATE" else f"instrument: {reason}"
-            letter = dead_letter(
-                item.source, reason, why, "instrument", item.record["ts_event"], item.key, item.raw
-            )
-            return [DeadLetterItem(letter)]
-        if not ends:
-            return []
-        end = ends[-1]
+        ts = int(batch.ts[i])
+        if code == RUN_LATE:
+            reason = LATE
+            why = f"instrument: tick at {ts} is behind the bars closed for {st.instrument_id!r}"
+        else:
+            yld = float(batch.yld[i])
+            reason = check_tick(
+                ts, float(batch.bid[i]), float(batch.ask[i]), float(batch.last[i]),
+                float(batch.size[i]), None if math.isnan(yld) else yld,
+            ) or INVALID_PRICE  # fmt: skip
+            why = f"instrument: {reason}"
+        letter = dead_letter(
+            batch.source(i), reason, why, "instrument", ts, batch.keys[i], batch.raws[i]
+        )
+        return DeadLetterItem(letter)
+
+    def _bar_outputs(self) -> list[InstrumentOut]:
+        """The mark and the Redis snapshot of the bar that just closed."""
+        st = self.state
+        end = st.bar_ts[-1]
         values = st.bar_values[-1]
         vol = daily_vol(values, self.bars_per_day)
         ewm = values.get("ewm_vol_0.94", math.nan)

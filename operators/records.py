@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 Record = dict[str, Any]
 
 
@@ -108,12 +110,63 @@ class Decided:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageBlock:
+    """Consecutive messages of one topic partition, as columns: one item per poll."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    timestamps_ns: list[int]
+    """Kafka record timestamps, 0 when unknown."""
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def source(self, i: int) -> Source:
+        """Where message ``i`` came from."""
+        return Source(self.topic, self.partition, self.offsets[i], self.timestamps_ns[i])
+
+    def split(self, n: int) -> tuple[MessageBlock, MessageBlock]:
+        """The first ``n`` messages and the rest."""
+        t, p = self.topic, self.partition
+        off, stamps, keys, vals = self.offsets, self.timestamps_ns, self.keys, self.values
+        return (
+            MessageBlock(t, p, off[:n], stamps[:n], keys[:n], vals[:n]),
+            MessageBlock(t, p, off[n:], stamps[n:], keys[n:], vals[n:]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TickBatch:
-    """The ticks of one instrument from one parsed batch: one routed item instead of many."""
+    """The ticks of one instrument from one parsed batch, as columns, in arrival order.
+
+    ``yld`` is NaN for ticks without a yield. ``origin`` rows (topic index, partition,
+    offset, Kafka timestamp), ``keys`` and ``raws`` say where each tick came from, for the
+    dead-letter topic.
+    """
 
     instrument_id: str
-    ticks: list[Inbound]
+    ts: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    last: np.ndarray
+    size: np.ndarray
+    yld: np.ndarray
+    topics: tuple[str, ...]
+    origin: np.ndarray
+    keys: list[bytes | None]
+    raws: list[bytes | None]
     kind: str = "MarketTick"
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def source(self, i: int) -> Source:
+        """Where tick ``i`` came from."""
+        topic, partition, offset, stamp = (int(x) for x in self.origin[i])
+        return Source(self.topics[topic], partition, offset, stamp)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,13 @@ class Codec(Protocol):
         """Decode ``data`` (written with any known schema of ``name``) to the reader schema."""
         ...
 
+    def single_object_header(self, name: str) -> bytes | None:
+        """Single-object prefix of ``name``'s current schema (None for other framings).
+
+        Batch decoders read messages that start with it directly.
+        """
+        ...
+
 
 def _write_body(schema: Any, record: Mapping[str, Any], name: str) -> bytes:
     buf = io.BytesIO()
@@ -141,6 +148,10 @@ class SingleObjectCodec:
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """Encode with the current schema of ``name``."""
         return self._header_for(name) + _write_body(load_schema(name), record, name)
+
+    def single_object_header(self, name: str) -> bytes | None:
+        """``C3 01`` + the fingerprint of the current schema of ``name``."""
+        return self._header_for(name)
 
     def _header_for(self, name: str) -> bytes:
         try:
@@ -218,6 +229,10 @@ class RegistryCodec:
         """Encode with the current schema of ``name``, registering it on first use."""
         header = CONFLUENT_MAGIC + struct.pack(">I", self._schema_id(name))
         return header + _write_body(load_schema(name), record, name)
+
+    def single_object_header(self, name: str) -> bytes | None:
+        """None: registry framing has no single-object header."""
+        return None
 
     def decode(self, name: str, data: bytes | None) -> Record:
         """Decode Confluent-framed bytes with the writer schema from the registry."""

@@ -143,22 +143,200 @@ def bar_add_tick(
     _grow(parts, iv, 4, 2e4 * abs(price - mid) / mid)
 
 
-class _OpenBar:
-    __slots__ = ("fv", "iv", "parts")
+# Codes of add_ticks: where a run of ticks stopped and why.
+RUN_DONE, RUN_CLOSE, RUN_LATE, RUN_INVALID, RUN_FULL = range(5)
+# Clock of a builder: largest event time, start of the first bar still open, bars starting
+# before ``closed_until`` are closed; then a flag for each of the three (0: not yet known).
+_MAX, _CLOSED, _FIRST, _HAS_MAX, _HAS_CLOSED, _HAS_FIRST = range(6)
 
-    def __init__(self) -> None:
-        self.iv = np.zeros(_NP + _NSUMS, dtype=np.int64)
-        self.fv = np.full(9, np.nan)
-        self.parts = np.zeros((_NSUMS, _MAXPARTS))
 
-    def finish(self, start: int, interval: int) -> Bar:
-        iv, fv = self.iv, self.fv
-        sums = [math.fsum(self.parts[i, : iv[_NP + i]]) for i in range(_NSUMS)]
+@njit(cache=True)
+def add_ticks(
+    clock: np.ndarray,
+    used: np.ndarray,
+    starts: np.ndarray,
+    iv: np.ndarray,
+    fv: np.ndarray,
+    parts: np.ndarray,
+    interval: int,
+    lateness: int,
+    ts: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    yld: np.ndarray,
+    i0: int,
+) -> tuple[int, int]:
+    """Add ticks ``i0, i0 + 1, ...`` to the open bars (one slot each) until one needs the caller.
+
+    Returns ``(i, code)``: RUN_DONE with ``i`` the length; RUN_CLOSE after adding tick
+    ``i - 1``, which closed bars; RUN_LATE, RUN_INVALID (a NaN ``yld`` means no yield) or
+    RUN_FULL (no free slot) at tick ``i``, not added.
+    """
+    inf = np.inf
+    for i in range(i0, ts.shape[0]):
+        t, p, s, b, a, y = ts[i], price[i], size[i], bid[i], ask[i], yld[i]
+        valid_yield = y != y or -1.0 < y < inf  # NaN: the tick has no yield
+        if not (0.0 < p < inf and 0.0 < b <= a < inf and 0.0 <= s < inf and valid_yield):
+            return i, RUN_INVALID
+        start = t - t % interval
+        if clock[_HAS_MAX] and (
+            start + interval + lateness <= clock[_MAX]
+            or (clock[_HAS_CLOSED] and start < clock[_CLOSED])
+        ):
+            return i, RUN_LATE
+        slot = -1
+        for k in range(used.shape[0]):
+            if used[k] and starts[k] == start:
+                slot = k
+                break
+        if slot < 0:
+            for k in range(used.shape[0]):
+                if not used[k]:
+                    slot = k
+                    break
+            if slot < 0:
+                return i, RUN_FULL
+            used[slot] = True
+            starts[slot] = start
+            iv[slot, :] = 0
+            fv[slot, :] = np.nan
+            if not clock[_HAS_FIRST] or start < clock[_FIRST]:
+                clock[_FIRST] = start
+                clock[_HAS_FIRST] = 1
+        bar_add_tick(iv[slot], fv[slot], parts[slot], t, p, s, b, a, y)
+        if not clock[_HAS_MAX] or t > clock[_MAX]:
+            clock[_MAX] = t
+            clock[_HAS_MAX] = 1
+            if clock[_HAS_FIRST] and clock[_FIRST] + interval + lateness <= t:
+                return i + 1, RUN_CLOSE
+    return ts.shape[0], RUN_DONE
+
+
+class BarBuilder(KernelState):
+    """Aggregate ticks into event-time bars of ``interval_ns`` with ``lateness_ns`` allowed.
+
+    Open bars live in slots of fixed arrays (grown when more are open at once), so a whole
+    batch of ticks goes through :func:`add_ticks` in one compiled call.
+    """
+
+    __slots__ = ("_clock", "_fv", "_iv", "_parts", "_starts", "_used", "interval_ns", "lateness_ns")
+
+    def __init__(self, interval_ns: int, lateness_ns: int = 0) -> None:
+        if interval_ns <= 0 or lateness_ns < 0:
+            raise ValueError(
+                f"BarBuilder: need interval_ns > 0 and lateness_ns >= 0, "
+                f"got {interval_ns} and {lateness_ns}"
+            )
+        self.interval_ns = int(interval_ns)
+        self.lateness_ns = int(lateness_ns)
+        self._clock = np.zeros(6, dtype=np.int64)
+        self._alloc(2)
+
+    def _alloc(self, slots: int) -> None:
+        self._used = np.zeros(slots, dtype=np.bool_)
+        self._starts = np.zeros(slots, dtype=np.int64)
+        self._iv = np.zeros((slots, _NP + _NSUMS), dtype=np.int64)
+        self._fv = np.full((slots, 9), np.nan)
+        self._parts = np.zeros((slots, _NSUMS, _MAXPARTS))
+
+    def _grow(self) -> None:
+        old = (self._used, self._starts, self._iv, self._fv, self._parts)
+        self._alloc(2 * len(self._used))
+        n = len(old[0])
+        for new, prev in zip(
+            (self._used, self._starts, self._iv, self._fv, self._parts), old, strict=True
+        ):
+            new[:n] = prev
+
+    @property
+    def name(self) -> str:
+        """Name carrying the parameters, e.g. ``bars_60000000000_5000000000``."""
+        return f"bars_{self.interval_ns}_{self.lateness_ns}"
+
+    @property
+    def max_ts(self) -> int | None:
+        """Largest event time accepted so far."""
+        return int(self._clock[_MAX]) if self._clock[_HAS_MAX] else None
+
+    @property
+    def watermark(self) -> int | None:
+        """``max_ts - lateness``: every bar ending at or before it is closed."""
+        max_ts = self.max_ts
+        return None if max_ts is None else max_ts - self.lateness_ns
+
+    @property
+    def open_bars(self) -> int:
+        """Number of bars still open."""
+        return int(self._used.sum())
+
+    def add(
+        self,
+        ts_ns: int,
+        price: float,
+        size: float,
+        bid: float,
+        ask: float,
+        yld: float | None = None,
+    ) -> AddResult:
+        """Add one tick; return the bars it closes (start order), the late flag and a reason."""
+        if not isinstance(ts_ns, int) or (yld is not None and yld != yld):
+            reason = check_tick(ts_ns, bid, ask, price, size, yld)
+            if reason is not None:
+                return AddResult(_NO_BARS, False, reason)
+
+        def one(x: float | None) -> np.ndarray:
+            return np.array([math.nan if x is None else x], dtype=np.float64)
+
+        ts = np.array([ts_ns], dtype=np.int64)
+        _, code, closed = self.add_run(ts, one(price), one(size), one(bid), one(ask), one(yld), 0)
+        if code == RUN_LATE:
+            return _LATE
+        if code == RUN_INVALID:
+            return AddResult(_NO_BARS, False, check_tick(ts_ns, bid, ask, price, size, yld))
+        return AddResult(closed, False, None) if closed else _ACCEPTED
+
+    def add_run(
+        self,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+        yld: np.ndarray,
+        i0: int,
+    ) -> tuple[int, int, tuple[Bar, ...]]:
+        """Add ticks from ``i0`` on until one closes bars, is late or invalid, or the end.
+
+        Returns ``(i, code, closed)`` as :func:`add_ticks` does, with the bars closed
+        (RUN_CLOSE only). Ticks before ``i`` (before ``i - 1`` for RUN_CLOSE: included)
+        were added.
+        """
+        while True:
+            slots = (self._used, self._starts, self._iv, self._fv, self._parts)
+            stop, code = add_ticks(
+                self._clock, *slots, self.interval_ns, self.lateness_ns,
+                ts, price, size, bid, ask, yld, i0,
+            )  # fmt: skip
+            if code != RUN_FULL:
+                break
+            self._grow()
+            i0 = stop
+        if code != RUN_CLOSE:
+            return stop, code, _NO_BARS
+        return stop, code, self._close_until(int(self._clock[_MAX]) - self.lateness_ns)
+
+    def _finish(self, slot: int) -> Bar:
+        iv, fv, parts = self._iv[slot], self._fv[slot], self._parts[slot]
+        start = int(self._starts[slot])
+        sums = [math.fsum(parts[i, : iv[_NP + i]]) for i in range(_NSUMS)]
         volume, notional = sums[0], sums[1]
         n = int(iv[_TICKS])
+        self._used[slot] = False
         return Bar(
             start_ns=start,
-            end_ns=start + interval,
+            end_ns=start + self.interval_ns,
             open=float(fv[_OPEN_P]),
             high=float(fv[_HIGH]),
             low=float(fv[_LOW]),
@@ -173,110 +351,27 @@ class _OpenBar:
             close_yield=float(fv[_YLD]),
         )
 
+    def _open_slots(self, until: int | None = None) -> list[int]:
+        """Slots of the open bars (ending at or before ``until``), in start order."""
+        slots = [int(k) for k in np.flatnonzero(self._used)]
+        if until is not None:
+            slots = [k for k in slots if self._starts[k] + self.interval_ns <= until]
+        return sorted(slots, key=lambda k: int(self._starts[k]))
 
-class BarBuilder(KernelState):
-    """Aggregate ticks into event-time bars of ``interval_ns`` with ``lateness_ns`` allowed."""
-
-    __slots__ = (
-        "_closed_until",
-        "_first_start",
-        "_max_ts",
-        "_open",
-        "interval_ns",
-        "lateness_ns",
-    )
-
-    def __init__(self, interval_ns: int, lateness_ns: int = 0) -> None:
-        if interval_ns <= 0 or lateness_ns < 0:
-            raise ValueError(
-                f"BarBuilder: need interval_ns > 0 and lateness_ns >= 0, "
-                f"got {interval_ns} and {lateness_ns}"
-            )
-        self.interval_ns = int(interval_ns)
-        self.lateness_ns = int(lateness_ns)
-        self._open: dict[int, _OpenBar] = {}
-        self._max_ts: int | None = None
-        self._closed_until: int | None = None  # bars starting before this are closed
-        self._first_start: int | None = None  # earliest open bar
-
-    @property
-    def name(self) -> str:
-        """Name carrying the parameters, e.g. ``bars_60000000000_5000000000``."""
-        return f"bars_{self.interval_ns}_{self.lateness_ns}"
-
-    @property
-    def max_ts(self) -> int | None:
-        """Largest event time accepted so far."""
-        return self._max_ts
-
-    @property
-    def watermark(self) -> int | None:
-        """``max_ts - lateness``: every bar ending at or before it is closed."""
-        return None if self._max_ts is None else self._max_ts - self.lateness_ns
-
-    @property
-    def open_bars(self) -> int:
-        """Number of bars still open."""
-        return len(self._open)
-
-    def add(
-        self,
-        ts_ns: int,
-        price: float,
-        size: float,
-        bid: float,
-        ask: float,
-        yld: float | None = None,
-    ) -> AddResult:
-        """Add one tick; return the bars it closes (start order), the late flag and a reason."""
-        # Fast path for the common valid tick; NaN fails every comparison.
-        if not (
-            0.0 < price < _INF
-            and 0.0 < bid <= ask < _INF
-            and 0.0 <= size < _INF
-            and (yld is None or -1.0 < yld < _INF)
-            and isinstance(ts_ns, int)
-        ):
-            reason = check_tick(ts_ns, bid, ask, price, size, yld)
-            if reason is not None:
-                return AddResult(_NO_BARS, False, reason)
-        ts = int(ts_ns)
-        interval = self.interval_ns
-        start = ts - ts % interval
-        max_ts = self._max_ts
-        if max_ts is not None and (
-            start + interval + self.lateness_ns <= max_ts
-            or (self._closed_until is not None and start < self._closed_until)
-        ):
-            return _LATE
-        bar = self._open.get(start)
-        if bar is None:
-            bar = self._open[start] = _OpenBar()
-            if self._first_start is None or start < self._first_start:
-                self._first_start = start
-        bar_add_tick(
-            bar.iv, bar.fv, bar.parts, ts, price, size, bid, ask, math.nan if yld is None else yld
-        )
-        if max_ts is None or ts > max_ts:
-            self._max_ts = ts
-            first = self._first_start
-            if first is not None and first + interval + self.lateness_ns <= ts:
-                return AddResult(self._close_until(ts - self.lateness_ns), False, None)
-        return _ACCEPTED
+    def _close(self, slots: list[int]) -> tuple[Bar, ...]:
+        clock = self._clock
+        clock[_CLOSED] = int(self._starts[slots[-1]]) + self.interval_ns
+        clock[_HAS_CLOSED] = 1
+        closed = tuple(self._finish(k) for k in slots)
+        rest = self._starts[self._used]
+        clock[_HAS_FIRST] = int(len(rest) > 0)
+        clock[_FIRST] = int(rest.min()) if len(rest) else 0
+        return closed
 
     def _close_until(self, watermark: int) -> tuple[Bar, ...]:
-        interval = self.interval_ns
-        ready = sorted(s for s in self._open if s + interval <= watermark)
-        self._closed_until = ready[-1] + interval
-        closed = tuple(self._open.pop(s).finish(s, interval) for s in ready)
-        self._first_start = min(self._open) if self._open else None
-        return closed
+        return self._close(self._open_slots(watermark))
 
     def flush(self) -> list[Bar]:
         """Close and return every open bar (end of stream); later ticks for them are LATE."""
-        if not self._open:
-            return []
-        starts = sorted(self._open)
-        self._closed_until = starts[-1] + self.interval_ns
-        self._first_start = None
-        return [self._open.pop(s).finish(s, self.interval_ns) for s in starts]
+        slots = self._open_slots()
+        return list(self._close(slots)) if slots else []

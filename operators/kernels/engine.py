@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import NamedTuple
 
+import numpy as np
+from numba import njit
+
 from operators.kernels.bars import AddResult, Bar, BarBuilder
 from operators.kernels.fixed_income import BondSpec, YieldCurve, bond_risk, yield_spread
 from operators.kernels.indicators import ATR, EMA, MACD, RSI, SMA, Bollinger
@@ -211,6 +214,34 @@ class InstrumentFeatures(KernelState):
             self.on_bar(bar)
         return TickResult(res.closed, False, None)
 
+    def on_ticks(
+        self,
+        ts: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+        yld: np.ndarray,
+        i0: int,
+    ) -> tuple[int, int, tuple[Bar, ...]]:
+        """Add ticks from ``i0`` on, in one compiled call, until one needs the caller.
+
+        Returns ``(i, code, closed)`` as :meth:`BarBuilder.add_run` does (``yld`` NaN: no
+        yield); the features are updated from the closed bars. On RUN_LATE / RUN_INVALID,
+        tick ``i`` was not added: the caller rejects it (see :meth:`on_tick` for the
+        reason) and goes on from ``i + 1``.
+        """
+        stop, code, closed = self.bars.add_run(ts, price, size, bid, ask, yld, i0)
+        if stop > i0:  # ticks i0 .. stop - 1 were added
+            j = int(latest_tick(ts, price, size, bid, ask, i0, stop))
+            row = (int(ts[j]), float(price[j]), float(size[j]), float(bid[j]), float(ask[j]))
+            cur = self._last
+            if cur is None or row[0] > cur[0] or (row[0] == cur[0] and row[1:] > cur[1:]):
+                self._last = row
+        for bar in closed:
+            self.on_bar(bar)
+        return stop, code, closed
+
     def flush(self) -> tuple[Bar, ...]:
         """Close every open bar (end of stream) and update the features from them."""
         closed = tuple(self.bars.flush())
@@ -340,3 +371,31 @@ class InstrumentFeatures(KernelState):
 
 
 _TICK_FEATURES = ("last_price", "mid", "quoted_spread_bps", "effective_spread_bps")
+
+
+@njit(cache=True)
+def latest_tick(
+    ts: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    lo: int,
+    hi: int,
+) -> int:
+    """Index in ``[lo, hi)`` of the largest ``(ts, price, size, bid, ask)``: the latest tick."""
+    best = lo
+    for i in range(lo + 1, hi):
+        if ts[i] != ts[best]:
+            newer = ts[i] > ts[best]
+        elif price[i] != price[best]:
+            newer = price[i] > price[best]
+        elif size[i] != size[best]:
+            newer = size[i] > size[best]
+        elif bid[i] != bid[best]:
+            newer = bid[i] > bid[best]
+        else:
+            newer = ask[i] > ask[best]
+        if newer:
+            best = i
+    return best

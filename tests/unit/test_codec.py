@@ -453,7 +453,12 @@ def test_parse_batch_when_mixed_batch_keeps_order_and_groups_ticks_by_instrument
     assert out[1].raw == msgs[2].value
     assert out[2].record["execution_id"] == "E-ok"
     assert out[3].record["payload"] == b"\xc3\x01"
-    assert out[4].instrument_id == "AAPL" and out[4].ticks[0].record == tick()
+    t, batch = tick(), out[4]
+    assert batch.instrument_id == "AAPL" and len(batch) == 1
+    assert (batch.ts[0], batch.bid[0], batch.ask[0], batch.last[0], batch.size[0]) == (
+        t["ts_event"], t["bid"], t["ask"], t["last"], t["size"],
+    )  # fmt: skip
+    assert batch.raws == [msgs[0].value]
 
 
 def test_decode_errors_when_raised_wrap_library_exception():

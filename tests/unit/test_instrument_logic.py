@@ -269,7 +269,7 @@ def test_on_batch_when_tick_older_than_full_history_still_counts_in_its_bar():
     lg = logic()
     feed(lg, inb("Instrument", instrument()))
     feed(lg, *(px(T0 + i * 1000, 100.0) for i in range(1, TICK_HISTORY + 1)))
-    assert len(lg.state.tick_ts) == TICK_HISTORY
+    assert len(lg.state.ticks) == TICK_HISTORY
 
     out = feed(lg, px(T0, 99.0))  # same open bar: accepted, not lost
 
