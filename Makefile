@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all lint bench
+.PHONY: setup demo test test-all lint bench fault-large
 
 setup:
 	@./scripts/bootstrap.sh
@@ -26,3 +26,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# kill -9 five-plus times over 20,000 proposals (tests/fault/test_crash_recovery.py); minutes
+fault-large:
+	@./scripts/bootstrap.sh --test
+	$(BIN)/pytest -m fault_large -s tests/fault/test_crash_recovery.py

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from dataflows.settings import Settings, load_settings
 from operators.errors import ConfigError, RiskstreamError
@@ -40,30 +41,29 @@ def _positive_int(text: str) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the pre-trade flow against the configured broker and Redis."""
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    from dataflows.app import kafka_flow
+    from dataflows.app import configure_models, kafka_flow, probes
     from dataflows.kafka_io import ensure_topics
     from dataflows.metrics_server import serve_metrics
     from dataflows.redis_sink import check_redis
 
+    settings = _with_model_flags(args, settings)
+    if args.processes > 1:
+        return _run_local_cluster(args, settings)
     if not settings.brokers or settings.redis_url is None:
         raise ConfigError(
             "riskstream run needs RISKSTREAM_KAFKA_BOOTSTRAP and RISKSTREAM_REDIS_URL"
             " (riskstream demo starts both locally)"
         )
+    stop = threading.Event()
+    _stop_on_signals(stop)  # from here on, SIGINT / SIGTERM stop the flow once it runs
     ensure_topics(settings, settings.topics.all())
     check_redis(settings.redis_url.get_secret_value())
-    recovery = None
-    if args.recovery_dir is not None:
-        if not any(args.recovery_dir.glob("*.sqlite3")):
-            args.recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(args.recovery_dir, args.recovery_partitions)
-        recovery = RecoveryConfig(str(args.recovery_dir), timedelta(seconds=args.backup_interval))
-    serve_metrics(settings.metrics_port, settings.metrics_host)
-    stop = threading.Event()
-    flow = kafka_flow(settings, from_end=args.from_end, stop=stop)
-    _stop_on_signals(stop)
+    model_problems = configure_models(settings)
+    recovery = _recovery(args)
+    health = probes(settings, model_problems)
+    serve_metrics(settings.metrics_port, settings.metrics_host, health)
+    flow = kafka_flow(settings, from_end=args.from_end, stop=stop, health=health)
     log.info("pre-trade flow starting on %s", settings.kafka_bootstrap)
     try:
         cli_main(
@@ -79,6 +79,87 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise
     log.info("pre-trade flow stopped")
     return 0
+
+
+def _with_model_flags(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Settings with ``--models`` / ``--shadow-models`` applied (flags win over variables)."""
+    update = {}
+    if args.models is not None:
+        update["model_dir"] = args.models
+    if args.shadow_models is not None:
+        update["shadow_model_dir"] = args.shadow_models
+    return settings.model_copy(update=update) if update else settings
+
+
+def _recovery(args: argparse.Namespace) -> Any:
+    """Bytewax recovery from ``--recovery-dir`` (initialised the first time), or None."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    if args.recovery_dir is None:
+        return None
+    if not any(args.recovery_dir.glob("*.sqlite3")):
+        args.recovery_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(args.recovery_dir, args.recovery_partitions)
+    return RecoveryConfig(str(args.recovery_dir), timedelta(seconds=args.backup_interval))
+
+
+def _run_local_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    """``--processes N``: N cooperating ``riskstream run`` processes on this host.
+
+    Each child gets ``-i K -a <N loopback addresses>`` and the metrics port + K; the
+    recovery directory is initialised once, here. SIGINT / SIGTERM are passed on; when one
+    process ends with an error, the others are stopped. The exit status is the worst one.
+    """
+    import os
+    import subprocess
+    import time
+
+    from dataflows.embedded import free_port
+
+    if args.process_id is not None or args.addresses:
+        raise ConfigError("--processes starts its own cluster on this host; drop -i/-a")
+    _recovery(args)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(args.processes))
+    children = []
+    for k in range(args.processes):
+        env = dict(os.environ)
+        env["RISKSTREAM_METRICS_PORT"] = str(
+            settings.metrics_port + k if settings.metrics_port else 0
+        )
+        argv = [sys.executable, "-m", "dataflows.cli", *_child_argv(args, k, addresses)]
+        children.append(subprocess.Popen(argv, env=env))
+    log.info("started %d processes: %s", len(children), ", ".join(str(c.pid) for c in children))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while any(c.poll() is None for c in children):
+        if any(c.returncode not in (None, 0) for c in children):
+            forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return max(abs(c.returncode) for c in children)
+
+
+def _child_argv(args: argparse.Namespace, process_id: int, addresses: str) -> list[str]:
+    """The ``riskstream run`` arguments of process ``process_id`` of a local cluster."""
+    argv = ["-v"] if args.verbose else []
+    argv += ["run", "-w", str(args.workers), "-i", str(process_id), "-a", addresses]
+    argv += ["--snapshot-interval", str(args.snapshot_interval)]
+    if args.recovery_dir is not None:
+        argv += ["--recovery-dir", str(args.recovery_dir)]
+        argv += ["--recovery-partitions", str(args.recovery_partitions)]
+        argv += ["--backup-interval", str(args.backup_interval)]
+    if args.from_end:
+        argv.append("--from-end")
+    if args.models is not None:
+        argv += ["--models", str(args.models)]
+    if args.shadow_models is not None:
+        argv += ["--shadow-models", str(args.shadow_models)]
+    return argv
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -161,6 +242,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-interval", type=_positive_float, default=5.0, help="seconds")
     p.add_argument("--backup-interval", type=float, default=0.0, help="seconds")
     p.add_argument("--from-end", action="store_true", help="ignore messages already on the topics")
+    p.add_argument(
+        "-p", "--processes", type=_positive_int, default=1,
+        help="start N cooperating processes on this host (metrics ports PORT..PORT+N-1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--models", type=Path, default=None, metavar="DIR",
+        help="live model set: manifest.json + artifacts (default: RISKSTREAM_MODEL_DIR,"
+        " else the shipped models)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shadow-models", type=Path, default=None, metavar="DIR",
+        help="candidate model set run in shadow: agreement metrics only, decisions unchanged",
+    )  # fmt: skip
     p.set_defaults(func=cmd_run)
 
 

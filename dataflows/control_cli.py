@@ -29,13 +29,21 @@ def signed_command(
     limit_name: str | None = None,
     limit_value: float | None = None,
     ts_event: int | None = None,
+    key_id: str | None = None,
 ) -> dict[str, Any]:
-    """A ControlCommand record signed with the configured key (``control_key_id``)."""
-    key = settings.control_keys.get(settings.control_key_id)
+    """A ControlCommand record signed with key ``key_id`` (default: ``control_key_id``).
+
+    During a key rotation both ids are in ``control_keys``; ``key_id`` picks the one to
+    sign with (``RISKSTREAM_CONTROL_KEY_ID`` on the command line).
+    """
+    key_id = settings.control_key_id if key_id is None else key_id
+    key = settings.control_keys.get(key_id)
     if key is None:
+        known = ", ".join(repr(k) for k in sorted(settings.control_keys)) or "none"
         raise ConfigError(
-            f"no control key {settings.control_key_id!r}: set RISKSTREAM_CONTROL_KEYS to a JSON"
-            ' object of key id -> secret, e.g. {"default": "..."}'
+            f"no control key {key_id!r} (known key ids: {known}): set RISKSTREAM_CONTROL_KEYS"
+            ' to a JSON object of key id -> secret, e.g. {"default": "..."}, and'
+            " RISKSTREAM_CONTROL_KEY_ID to the id to sign with"
         )
     if scope != "GLOBAL" and not target:
         raise ConfigError(f"scope {scope} needs --target")
@@ -49,7 +57,7 @@ def signed_command(
         "issuer": issuer,
         "reason": reason,
         "nonce": secrets.token_hex(16),
-        "key_id": settings.control_key_id,
+        "key_id": key_id,
         "signature": "",
         "ts_event": ts_event if ts_event is not None else int(datetime.now(UTC).timestamp() * 1e9),
     }

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -121,6 +122,15 @@ class Settings(BaseSettings):
     """Address the metrics endpoint binds (0.0.0.0 in containers)."""
     batch_size: int = Field(1000, ge=1)
     fetch_wait_max_ms: int = Field(20, ge=2)
+    model_dir: Path | None = None
+    """Live model set: a directory with manifest.json and its artifacts; unset: the shipped
+    models/artifacts. Verified (every sha256) at start-up; a mismatch is refused."""
+    model_manifest_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    """Pins the live manifest file's sha256: start-up refuses any other manifest."""
+    shadow_model_dir: Path | None = None
+    """Candidate model set run in shadow beside the live one (agreement metrics only)."""
+    liveness_timeout_s: float = Field(30.0, gt=0)
+    """/healthz answers 503 when a dataflow worker has not looped for this long."""
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -199,3 +209,25 @@ def load_settings(**overrides: Any) -> Settings:
             for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+_SECRET_PARAM = re.compile(r"pass|secret|token|auth|credential", re.IGNORECASE)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit for a message: no user info, secret-looking query values shown as ``***``.
+
+    ``redis://user:pw@host:6379/0?password=pw`` gives ``redis://host:6379/0?password=***``.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    query = urlencode(
+        [
+            (name, "***" if _SECRET_PARAM.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="/*",
+    )
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + (f"?{query}" if query else "")

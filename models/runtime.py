@@ -1,4 +1,10 @@
-"""ONNX Runtime sessions for exported models, refused unless the artifact's hash matches."""
+"""ONNX Runtime sessions for exported models, refused unless the artifact's hash matches.
+
+A *model set* is a directory with a ``manifest.json`` and the artifacts it names. Switching
+the live models is a configuration change: point ``RISKSTREAM_MODEL_DIR`` at another set
+and, to be sure of what runs, pin its manifest with ``RISKSTREAM_MODEL_MANIFEST_SHA256``;
+:func:`verify_model_set` refuses a set whose manifest or artifacts do not match.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,48 @@ class LoadedModel:
         return dict(zip(names, self.session.run(names, inputs), strict=True))
 
 
+def verify_model_set(
+    artifacts: Path, manifest: Path | None = None, expected_sha256: str | None = None
+) -> dict[str, ArtifactEntry]:
+    """The manifest's entries once the manifest and every artifact match their hashes.
+
+    ``expected_sha256`` pins the manifest file itself (None: any manifest). Raises
+    :class:`ArtifactError` naming the file and both hashes on any mismatch.
+    """
+    path = manifest or artifacts / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"model set {artifacts}: no manifest at {path}")
+    actual = sha256_file(path)
+    if expected_sha256 is not None and actual != expected_sha256.lower():
+        raise ArtifactError(
+            f"model set {artifacts}: {path.name} has sha256 {actual}, the configuration pins"
+            f" {expected_sha256}; refusing to use it"
+        )
+    try:
+        entries = load_manifest(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"model set {artifacts}: cannot read {path}: {exc!r}") from None
+    if not entries:
+        raise ArtifactError(f"model set {artifacts}: {path} lists no models")
+    for name, entry in sorted(entries.items()):
+        check_artifact(name, entry, artifacts)
+    return entries
+
+
+def check_artifact(name: str, entry: ArtifactEntry, artifacts: Path) -> Path:
+    """The artifact's path, if it exists and its sha256 is the manifest's."""
+    path = artifacts / entry.file
+    if not path.exists():
+        raise ArtifactError(f"model {name!r}: artifact {path} is missing")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ArtifactError(
+            f"model {name!r}: {path} has sha256 {actual[:12]}..., the manifest says"
+            f" {entry.sha256[:12]}...; refusing to load it"
+        )
+    return path
+
+
 def load_model(
     name: str, manifest: Path = MANIFEST, artifacts: Path = ARTIFACTS, threads: int = 1
 ) -> LoadedModel:
@@ -39,15 +87,7 @@ def load_model(
     entry = entries.get(name)
     if entry is None:
         raise ArtifactError(f"model {name!r} is not in {manifest}; known: {sorted(entries)}")
-    path = artifacts / entry.file
-    if not path.exists():
-        raise ArtifactError(f"model {name!r}: artifact {path} is missing")
-    actual = sha256_file(path)
-    if actual != entry.sha256:
-        raise ArtifactError(
-            f"model {name!r}: {path.name} has sha256 {actual[:12]}..., the manifest says"
-            f" {entry.sha256[:12]}...; refusing to load it"
-        )
+    path = check_artifact(name, entry, artifacts)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

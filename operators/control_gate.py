@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators import metrics
 from operators.config import EngineConfig, Limits
 from operators.control import verify
 from operators.deadletter import dead_letter
@@ -51,6 +52,7 @@ class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, bytes]):
             if c["action"] == "SET_LIMIT" and c["scope"] == "INSTRUMENT":
                 raise InvalidRecord("INVALID_CONTROL", "SET_LIMIT applies to GLOBAL or PORTFOLIO")
         except InvalidRecord as exc:
+            metrics.CONTROL_REFUSED.labels(exc.code).inc()
             letter = dead_letter(
                 item.source,
                 exc.code,
@@ -62,6 +64,7 @@ class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, bytes]):
             )
             return DeadLetterItem(letter)
         self._remember(c["nonce"], c["ts_event"])
+        metrics.CONTROL_ACCEPTED.labels(c["key_id"]).inc()
         return item
 
     def _remember(self, nonce: str, ts: int) -> None:

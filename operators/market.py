@@ -45,6 +45,13 @@ Models
     and ``RegimeUpdate.status``. Each model degrades on its own: without the regime model
     every RegimeUpdate has empty probabilities (and vol forecasts use the prior); without
     the vol model there are no VolForecasts. ONNX sessions are not part of the state.
+Shadow models
+    A candidate model set (``shadow_artifacts``: its own manifest and artifacts) runs
+    beside the live one on the same windows and rows, after the live call. It only feeds
+    metrics: argmax regime agreement, the total-variation distance of the probabilities,
+    the relative difference of the vol forecasts (both ensembles blend with the live
+    regime probabilities, so the comparison isolates the vol model). It never changes
+    outputs or state; its failures are counted in ``riskstream_shadow_failures_total``.
 """
 
 from __future__ import annotations
@@ -87,6 +94,33 @@ INFERENCE_FAILED = "inference_failed"
 
 
 @dataclass(frozen=True)
+class ModelSources:
+    """The model sets a process runs: live, and an optional shadow candidate."""
+
+    live: Path = ARTIFACTS
+    """Directory with ``manifest.json`` and the artifacts it names."""
+    shadow: Path | None = None
+
+
+_SOURCES = ModelSources()
+
+
+def use_model_sources(sources: ModelSources) -> None:
+    """Set this process's model sets, the default of every MarketConfig built afterwards.
+
+    The application calls it from its settings before building the flow (operators read
+    no environment); a MarketConfig given explicit paths ignores it.
+    """
+    global _SOURCES
+    _SOURCES = sources
+
+
+def model_sources() -> ModelSources:
+    """The model sets of this process."""
+    return _SOURCES
+
+
+@dataclass(frozen=True)
 class MarketConfig:
     """Parameters of the market step (no I/O, no environment)."""
 
@@ -103,9 +137,13 @@ class MarketConfig:
     """``RegimeEvent.scope``."""
     regime_model: str = REGIME_MODEL
     vol_model: str = VOL_MODEL
-    artifacts: Path = ARTIFACTS
+    artifacts: Path = field(default_factory=lambda: _SOURCES.live)
     manifest: Path | None = None
     """Manifest file; None: ``artifacts / "manifest.json"``."""
+    shadow_artifacts: Path | None = field(default_factory=lambda: _SOURCES.shadow)
+    """Candidate model set run in shadow (metrics only); None: no shadow."""
+    shadow_manifest: Path | None = None
+    """Its manifest; None: ``shadow_artifacts / "manifest.json"``."""
     coverage: float = 0.9
     """Nominal coverage of the ``lo``/``hi`` conformal band (one the manifest stores)."""
     bar_retention: int = 256
@@ -131,6 +169,13 @@ class MarketConfig:
     def manifest_path(self) -> Path:
         """The manifest the models are verified against."""
         return self.manifest or self.artifacts / "manifest.json"
+
+    @property
+    def shadow_manifest_path(self) -> Path:
+        """The manifest the shadow models are verified against."""
+        if self.shadow_manifest is not None:
+            return self.shadow_manifest
+        return (self.shadow_artifacts or self.artifacts) / "manifest.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,37 +235,91 @@ class _Unavailable:
     reason: str
 
 
-_MODELS: dict[tuple[str, Path, Path], LoadedModel | _Unavailable] = {}
+LIVE = "live"
+SHADOW = "shadow"
+
+_MODELS: dict[tuple[str, str, Path, Path], LoadedModel | _Unavailable] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(name: str, manifest: Path, artifacts: Path) -> LoadedModel | str:
+def cached_model(name: str, manifest: Path, artifacts: Path, role: str = LIVE) -> LoadedModel | str:
     """The verified model, or why it cannot be used; loaded (or refused) once per process.
 
-    A refusal is counted once in ``riskstream_model_load_failures_total{model}``.
+    A refusal is counted once, in ``riskstream_model_load_failures_total{model}`` (live)
+    or ``riskstream_shadow_failures_total{model}`` (shadow); a load sets
+    ``riskstream_model_info{role,model,version,sha256}``.
     """
-    key = (name, manifest, artifacts)
+    key = (role, name, manifest, artifacts)
     with _MODELS_LOCK:
         hit = _MODELS.get(key)
         if hit is None:
             try:
                 hit = load_model(name, manifest, artifacts)
             except Exception as exc:  # ArtifactError, but also a broken manifest or file
-                hit = _Unavailable(f"market: cannot load model {name!r}: {exc}")
-                metrics.MODEL_LOAD_FAILURES.labels(model=name).inc()
+                hit = _Unavailable(f"market: cannot load {role} model {name!r}: {exc}")
+                failures = metrics.MODEL_LOAD_FAILURES if role == LIVE else metrics.SHADOW_FAILURES
+                failures.labels(model=name).inc()
             else:
                 entry = hit.entry
                 metrics.MODEL_INFO.labels(
-                    model=name, version=entry.version, sha256=entry.sha256
+                    role=role, model=name, version=entry.version, sha256=entry.sha256
                 ).set(1)
             _MODELS[key] = hit
     return hit.reason if isinstance(hit, _Unavailable) else hit
+
+
+def preload_models(config: MarketConfig) -> dict[str, str]:
+    """Load the live (and shadow) models now; why each live model cannot be used, by name.
+
+    Every process calls this at start-up, so each one exports ``riskstream_model_info``
+    and can answer readiness, wherever the market step itself runs.
+    """
+    problems = {}
+    for name in (config.regime_model, config.vol_model):
+        hit = cached_model(name, config.manifest_path, config.artifacts)
+        if isinstance(hit, str):
+            problems[name] = hit
+        if config.shadow_artifacts is not None:
+            cached_model(name, config.shadow_manifest_path, config.shadow_artifacts, SHADOW)
+    return problems
 
 
 def clear_model_cache() -> None:
     """Forget loaded models (tests; a process normally keeps them)."""
     with _MODELS_LOCK:
         _MODELS.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Shadow agreement (pure)
+
+
+def same_argmax(live: FloatArray, shadow: FloatArray) -> npt.NDArray[np.bool_]:
+    """Per row: True when both vectors name the same most likely class (first on ties)."""
+    return np.asarray(np.argmax(live, axis=-1) == np.argmax(shadow, axis=-1))
+
+
+def total_variation(live: FloatArray, shadow: FloatArray) -> FloatArray:
+    """Per row: half the L1 distance of two probability vectors, in [0, 1]."""
+    return np.asarray(0.5 * np.abs(np.asarray(live) - np.asarray(shadow)).sum(axis=-1))
+
+
+def relative_difference(live: FloatArray, shadow: FloatArray) -> FloatArray:
+    """Per element: ``|shadow - live| / |live|`` (inf where live is 0 and they differ)."""
+    live, shadow = np.asarray(live, dtype=np.float64), np.asarray(shadow, dtype=np.float64)
+    diff = np.abs(shadow - live)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(diff == 0.0, 0.0, diff / np.abs(live))
+
+
+@dataclass
+class ShadowModels:
+    """The candidate model set's sessions and ensemble (never part of the state)."""
+
+    regime: LoadedModel | None = None
+    vol: LoadedModel | None = None
+    ensemble: VolEnsemble | None = None
+    prior: FloatArray = field(default_factory=lambda: np.full(len(REGIMES), 1.0 / len(REGIMES)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,6 +424,7 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         self.ensemble: VolEnsemble | None = None
         self.prior: FloatArray = np.full(len(REGIMES), 1.0 / len(REGIMES))
         self._load_models()
+        self.shadow = self._load_shadow() if config.shadow_artifacts is not None else None
 
     # -- models --------------------------------------------------------------------------
 
@@ -355,6 +455,31 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             return
         self.vol, self.ensemble = vol, ensemble
         st.model_status[cfg.vol_model] = OK
+
+    def _load_shadow(self) -> ShadowModels:
+        """The candidate set; a model it cannot use is counted and left out."""
+        cfg = self.config
+        assert cfg.shadow_artifacts is not None
+        manifest, artifacts = cfg.shadow_manifest_path, cfg.shadow_artifacts
+        shadow = ShadowModels()
+        regime = cached_model(cfg.regime_model, manifest, artifacts, SHADOW)
+        shadow.regime = None if isinstance(regime, str) else regime
+        vol = cached_model(cfg.vol_model, manifest, artifacts, SHADOW)
+        if isinstance(vol, str) or self.ensemble is None:
+            return shadow
+        try:
+            ensemble = VolEnsemble.from_extra(vol.entry.extra)
+            ensemble.quantile(cfg.coverage)
+            if (ensemble.length, ensemble.h) != (self.ensemble.length, self.ensemble.h):
+                raise ValueError("its history length or horizon differs from the live model's")
+            prior = vol.entry.extra["ensemble"].get("prior")
+            if prior is not None:
+                shadow.prior = np.array([float(prior[r.value]) for r in REGIMES])
+        except Exception:  # a candidate this code cannot compare
+            metrics.SHADOW_FAILURES.labels(model=cfg.vol_model).inc()
+            return shadow
+        shadow.vol, shadow.ensemble = vol, ensemble
+        return shadow
 
     def _failed(self, model: str, status: str, message: str, count: bool = True) -> None:
         self.state.model_status[model] = status
@@ -486,8 +611,9 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             status = UNAVAILABLE
         else:
             started = time.perf_counter()
+            batch = np.stack(windows)
             try:
-                proba = predict_proba(self.regime, np.stack(windows))
+                proba = predict_proba(self.regime, batch)
                 if proba.shape != (len(windows), len(REGIMES)) or not np.isfinite(proba).all():
                     raise ValueError(f"{name}: bad output of shape {proba.shape}")
             except Exception as exc:  # inference must never stop the flow
@@ -502,10 +628,30 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
                 newest = proba[-1]
                 for regime, p in zip(REGIMES, newest.tolist(), strict=True):
                     metrics.REGIME_PROBABILITY.labels(regime=regime.value).set(p)
+                self._shadow_regimes(batch, proba)
                 return
         for bar in bars:
             if bar.window >= 0:
                 bar.status = status
+
+    def _shadow_regimes(self, batch: FloatArray, live: FloatArray) -> None:
+        """Agreement of the shadow regime model with the live one on the same windows."""
+        model = self.shadow.regime if self.shadow is not None else None
+        if model is None:
+            return
+        name = self.config.regime_model
+        try:
+            proba = predict_proba(model, batch)
+            if proba.shape != live.shape or not np.isfinite(proba).all():
+                raise ValueError(f"{name} (shadow): bad output of shape {proba.shape}")
+        except Exception:  # the shadow must never disturb the live path
+            metrics.SHADOW_FAILURES.labels(model=name).inc()
+            return
+        agree = int(same_argmax(live, proba).sum())
+        metrics.SHADOW_REGIME_AGREEMENT.labels(outcome="agree").inc(agree)
+        metrics.SHADOW_REGIME_AGREEMENT.labels(outcome="disagree").inc(len(live) - agree)
+        for distance in total_variation(live, proba).tolist():
+            metrics.SHADOW_REGIME_DISTANCE.observe(distance)
 
     def _regime_outputs(self, bar: _Bar) -> list[MarketOut]:
         version = self.regime.entry.version if self.regime is not None else ""
@@ -579,8 +725,8 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             return []
         name, entry = self.config.vol_model, self.vol.entry
         started = time.perf_counter()
+        batch = np.stack([r.history for r in rows]).astype(np.float32, copy=False)
         try:
-            batch = np.stack([r.history for r in rows]).astype(np.float32, copy=False)
             raw = self.vol.run({entry.inputs[0].name: batch})[entry.outputs[0].name]
             nbeats = np.asarray(raw, dtype=np.float64).reshape(len(rows), -1)[:, 0]
             if not np.isfinite(nbeats).all():
@@ -593,12 +739,14 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         ewma = np.array([r.ewma_var for r in rows])
         garch = np.array([r.garch_var for r in rows])
         out: list[VolForecast] = []
-        for idx, probs in self._groups(rows):
+        live_vol = np.empty(len(rows))
+        for idx, probs in self._groups(rows, self.prior):
             # one probability vector per group: each row's result is independent of the
             # other rows (a (B, 7) matmul rounds differently for B = 1 and B > 1)
             vol, lo, hi = self.ensemble.forecast_batch(
                 nbeats[idx], ewma[idx], garch[idx], probs, self.config.coverage
             )
+            live_vol[idx] = vol
             for j, i in enumerate(idx):
                 r = rows[i]
                 out.append(
@@ -616,9 +764,41 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             last = np.array([float(r.history[-1]) for r in rows])
             self.state.psi.update(psi_inputs(last, ewma, garch))
             self.state.psi.export(metrics.MODEL_INPUT_PSI, name)
+        self._shadow_vols(rows, batch, ewma, garch, live_vol)
         return out
 
-    def _groups(self, rows: Sequence[_Row]) -> list[tuple[list[int], FloatArray]]:
+    def _shadow_vols(
+        self,
+        rows: list[_Row],
+        batch: npt.NDArray[np.float32],
+        ewma: FloatArray,
+        garch: FloatArray,
+        live: FloatArray,
+    ) -> None:
+        """Relative difference of the shadow vol forecasts from the live ones, same rows."""
+        shadow = self.shadow
+        if shadow is None or shadow.vol is None or shadow.ensemble is None:
+            return
+        entry = shadow.vol.entry
+        try:
+            raw = shadow.vol.run({entry.inputs[0].name: batch})[entry.outputs[0].name]
+            nbeats = np.asarray(raw, dtype=np.float64).reshape(len(rows), -1)[:, 0]
+            vol = np.empty(len(rows))
+            for idx, probs in self._groups(rows, shadow.prior):
+                vol[idx] = shadow.ensemble.forecast_batch(
+                    nbeats[idx], ewma[idx], garch[idx], probs, self.config.coverage
+                )[0]
+            if not np.isfinite(vol).all():
+                raise ValueError(f"{entry.name} (shadow): non-finite forecasts")
+        except Exception:  # the shadow must never disturb the live path
+            metrics.SHADOW_FAILURES.labels(model=entry.name).inc()
+            return
+        for difference in relative_difference(live, vol).tolist():
+            metrics.SHADOW_VOL_DIFFERENCE.observe(difference)
+
+    def _groups(
+        self, rows: Sequence[_Row], prior: FloatArray
+    ) -> list[tuple[list[int], FloatArray]]:
         """Row indexes by bar end, with that bar's probabilities (the prior when unknown)."""
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
@@ -627,7 +807,7 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         for idx in groups.values():
             row = rows[idx[0]]
             probs = row.bar.probabilities if row.bar is not None else row.probabilities
-            out.append((idx, np.asarray(probs, dtype=np.float64) if probs else self.prior))
+            out.append((idx, np.asarray(probs, dtype=np.float64) if probs else prior))
         return out
 
     # -- the rest ------------------------------------------------------------------------

@@ -55,6 +55,37 @@ MODEL_LOAD_FAILURES = Counter(
 )
 MODEL_INFO = Gauge(
     "riskstream_model_info",
-    "Models loaded by this process (value 1), by model, version and artifact sha256.",
-    ["model", "version", "sha256"],
+    "Models loaded by this process (value 1), by role (live, shadow), model, version, sha256.",
+    ["role", "model", "version", "sha256"],
+)
+SHADOW_REGIME_AGREEMENT = Counter(
+    "riskstream_shadow_regime_agreement_total",
+    "Market bars where the shadow regime model's most likely regime agrees with the live one.",
+    ["outcome"],
+)
+SHADOW_REGIME_DISTANCE = Histogram(
+    "riskstream_shadow_regime_tv_distance",
+    "Total-variation distance between the shadow and live regime probabilities, per bar.",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+)
+SHADOW_VOL_DIFFERENCE = Histogram(
+    "riskstream_shadow_vol_relative_difference",
+    "|shadow - live| / live volatility forecast, per instrument and bar.",
+    buckets=(1e-6, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SHADOW_FAILURES = Counter(
+    "riskstream_shadow_failures_total",
+    "Shadow models refused at load or calls that raised, by model (decisions unaffected).",
+    ["model"],
+)
+CONTROL_REFUSED = Counter(
+    "riskstream_control_refused_total",
+    "Control commands the gate refused (dead-lettered), by reason code: UNSIGNED_CONTROL,"
+    " UNKNOWN_KEY, BAD_SIGNATURE, EXPIRED_CONTROL, REPLAYED_CONTROL, INVALID_CONTROL.",
+    ["reason"],
+)
+CONTROL_ACCEPTED = Counter(
+    "riskstream_control_accepted_total",
+    "Control commands that passed the gate (signature, freshness, nonce), by key id.",
+    ["key_id"],
 )

@@ -313,6 +313,14 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
     def __init__(self, config: EngineConfig, state: bytes | ShardState | None) -> None:
         self.config = config
         self.state = thaw(state, ShardState) if state is not None else ShardState()
+        if state is not None:
+            self._export_trading_states()
+
+    def _export_trading_states(self) -> None:
+        """Set the trading-state gauge from restored state (after a restart)."""
+        for scope, log in self.state.states.items():
+            if log.values:
+                metrics.TRADING_STATE.labels(*scope).set(STATE_ORDER[str(log.values[-1])])
 
     def on_batch(self, values: list[ShardIn]) -> tuple[Iterable[ShardOut], bool]:
         out: list[ShardOut] = []

@@ -350,6 +350,9 @@ def test_k8s_names_ports_and_labels_agree():
     assert resolve_port(c, "metrics") == metrics_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert resolve_port(c, c[probe]["httpGet"]["port"]) == metrics_port, probe
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     metrics_svc = services["riskstream-metrics"]
     metrics_ports = [resolve_port(c, p["targetPort"]) for p in metrics_svc["spec"]["ports"]]
     assert metrics_ports == [metrics_port]
@@ -482,25 +485,48 @@ def test_dockerfile_shape():
     assert must <= ignored
 
 
-def test_healthcheck_script(tmp_path: Path):
-    from prometheus_client import CollectorRegistry, Counter, start_http_server
+def test_probe_paths_are_served_by_the_metrics_endpoint():
+    """Every path the manifests and the health check probe is one the endpoint answers."""
+    import inspect
 
-    registry = CollectorRegistry()
-    Counter("riskstream_probe_total", "health check test", registry=registry).inc()
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    port = server.server_port
+    from dataflows import metrics_server
+
+    served = set(re.findall(r'"(/\w+)"', inspect.getsource(metrics_server._Handler)))
+    c = container(only(k8s_objects(), "StatefulSet"))
+    probed = {c[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    probed |= set(re.findall(r'"(/\w+)"', (DEPLOY / "healthcheck.py").read_text()))
+    assert probed == {"/healthz", "/readyz"}
+    assert probed <= served
+
+
+def test_healthcheck_script_follows_liveness_and_readiness():
+    from dataflows.embedded import free_port
+    from dataflows.metrics_server import Health, serve_metrics
+
+    health = Health(30.0)
+    problems: list[str] = ["cannot reach Redis"]
+    health.add_check("redis", lambda: problems[0] if problems else None)
+    port = free_port()
+    server = serve_metrics(port, "127.0.0.1", health)
+    assert server is not None
     check = [sys.executable, str(DEPLOY / "healthcheck.py")]
     base = {"PATH": os.environ.get("PATH", ""), "RISKSTREAM_METRICS_HOST": "0.0.0.0"}
+    env = {**base, "RISKSTREAM_METRICS_PORT": str(port)}
+
+    def status(*args: str) -> int:
+        return subprocess.run([*check, *args], env=env, capture_output=True, timeout=20).returncode
+
     try:
-        ok = subprocess.run(check, env={**base, "RISKSTREAM_METRICS_PORT": str(port)}, timeout=20)
-        assert ok.returncode == 0
+        assert status() == 1, "no heartbeat yet: starting"
+        health.beat(0)
+        assert status() == 0
+        assert status("--ready") == 1, "Redis is down"
+        problems.clear()
+        health._cached = None  # skip the readiness cache
+        assert status("--ready") == 0
     finally:
         server.shutdown()
         server.server_close()
-        thread.join(5)
-    down = subprocess.run(
-        check, env={**base, "RISKSTREAM_METRICS_PORT": str(port)}, capture_output=True, timeout=20
-    )
-    assert down.returncode == 1
+    assert status() == 1, "nothing listens"
     off = subprocess.run(check, env={**base, "RISKSTREAM_METRICS_PORT": "0"}, timeout=20)
     assert off.returncode == 0
