@@ -133,7 +133,7 @@ def kafka_flow(
         ),
     )
     consumer = consumer_config(settings)
-    fenced = [topics.name("control"), topics.name("executions")]
+    fenced = [topics.name(role) for role in ("control", "executions", "instruments")]
     config = replace(
         settings.engine_config(wait_for_data=wait_for_data),
         fence=tuple(list_partitions(consumer, fenced)),

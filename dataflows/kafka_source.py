@@ -90,13 +90,17 @@ class _Partition(StatefulSourcePartition[Any, int]):
         """Whether the partition has read all the broker had when a fetch last answered.
 
         Until then (just started or restarted, reading a backlog) an empty poll does not
-        mean "nothing before now is still to come", so no idle marker is sent.
+        mean "nothing before now is still to come", so no idle marker is sent. Before the
+        first message the position may still be logical (beginning, end): then librdkafka's
+        resolved position counts, and an empty partition is caught up.
         """
         if not self._live:
-            _, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, self._partition), cached=True
-            )
-            self._live = 0 <= high <= self._offset
+            tp = TopicPartition(self._topic, self._partition)
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            here = self._offset
+            if here < 0:
+                here = self._consumer.position([tp])[0].offset
+            self._live = high >= 0 and (0 <= high <= here or (here < 0 and low == high))
         return self._live
 
     def _report_lag(self) -> None:

@@ -32,6 +32,7 @@ from operators.records import (
     TickBatch,
 )
 from operators.routing import (
+    instrument_input,
     instrument_key,
     is_control_lane,
     is_decoded,
@@ -70,7 +71,7 @@ def build_pretrade_flow(
     control = op.branch("control_lane", decoded.trues, is_control_lane)
     commands = cast("Stream[Inbound | Progress]", control.trues)  # commands and their progress
     fills = op.branch("execution_lane", control.falses, is_execution_lane)
-    market = cast("Stream[Inbound | TickBatch]", fills.falses)  # no progress in this lane
+    market = fills.falses  # records, ticks and reference progress
 
     gate = op.stateful_batch(
         "control_gate",
@@ -81,7 +82,14 @@ def build_pretrade_flow(
 
     by_instrument = op.stateful_batch(
         "instrument",
-        op.key_on("instrument_key", market, instrument_key),
+        op.key_on(
+            "instrument_key",
+            cast(
+                "Stream[Inbound | TickBatch]",
+                op.filter_map("instrument_inputs", market, instrument_input),
+            ),
+            instrument_key,
+        ),
         lambda s: InstrumentLogic(config, s),
     )
     priced = op.map("instrument_values", by_instrument, lambda kv: kv[1])

@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dataflows.settings import redacted_url
 from operators import metrics
@@ -57,7 +59,11 @@ def is_marker(key: str, prefix: str = "") -> bool:
 def redis_client(url: str, timeout: float = 1.0) -> redis.Redis:
     """A client with short timeouts, so a dead server never stalls the flow for long."""
     return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=10,
+        retry=Retry(NoBackoff(), 0),  # the sink retries by itself, without blocking the flow
     )
 
 

@@ -912,9 +912,10 @@ def replay_flow(
         state = CountedSink(redis, counters.add_state_writes)
     else:
         state = CountingSink(counters.add_state_writes)
-    fenced = {"ControlCommand", "Execution"}
+    config = settings.engine_config(wait_for_data=True)
+    fenced = config.fence_kinds
     config = replace(
-        settings.engine_config(wait_for_data=True),
+        config,
         fence=tuple(
             (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) in fenced
         ),

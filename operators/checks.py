@@ -60,7 +60,7 @@ def check_trading_state(qty: float, state: str, side_sign: int, position: float)
 def check_order_notional(qty: float, unit_notional: float, limit: float) -> Cap:
     """Order notional (quantity x price x unit value) must not exceed ``limit``."""
     notional = qty * unit_notional
-    cap = limit / unit_notional
+    cap = limit / unit_notional if unit_notional > 0 else math.inf  # a price x face underflow
     if notional <= limit:
         return Cap(cap, None)
     return Cap(
@@ -92,7 +92,7 @@ def check_concentration(
                 0.0,
             ),
         )
-    cap_units = limit * value / unit_notional
+    cap_units = limit * value / unit_notional if unit_notional > 0 else math.inf
     allowed = max(0.0, cap_units - side_sign * position)
     weight = abs(position + side_sign * qty) * unit_notional / value
     if qty <= allowed:
@@ -145,5 +145,8 @@ def round_to_lot(qty: float, lot: float) -> float:
     """Largest whole number of lots not above ``qty`` (tolerant of float noise)."""
     if qty <= 0 or not math.isfinite(qty):
         return 0.0
-    lots = math.floor(qty / lot + 1e-9)
+    ratio = qty / lot
+    if not math.isfinite(ratio):  # a lot so small next to qty that qty is whole lots
+        return qty
+    lots = math.floor(ratio + 1e-9)
     return min(lots * lot, qty)  # lots x lot may land one float step above a whole request

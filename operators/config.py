@@ -97,7 +97,7 @@ class EngineConfig:
     fence: tuple[tuple[str, int], ...] = ()
     """(topic, partition) of every control and execution partition: a proposal is decided
     only once each has progressed past its ts_event (empty: no fence)."""
-    fence_kinds: tuple[str, ...] = ("ControlCommand", "Execution")
+    fence_kinds: tuple[str, ...] = ("ControlCommand", "Execution", "Instrument")
     lateness_ns: int = 0
     """How far records may be out of order within one partition (event time)."""
     idle_margin_ns: int = 10_000_000

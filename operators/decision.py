@@ -34,6 +34,10 @@ WEIGHTS = {"concentration": 35.0, "order_size": 25.0, "volatility": 20.0, "liqui
 VOL_FULL_SCALE = 0.05
 """Daily volatility that earns the full volatility weight."""
 BANDS = ((75.0, "CRITICAL"), (50.0, "HIGH"), (25.0, "MEDIUM"), (0.0, "LOW"))
+MAX_VAR_BUDGET = 1e150
+"""VaR budgets above this count as unlimited (squaring them in the closed form overflows)."""
+MAX_SPLIT_DAYS = 2**31 - 1
+"""Largest ``days`` of a SPLIT suggestion (RiskScore's Avro int)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,8 @@ def _book_risk(
     sign = 1 if proposal["side"] == "BUY" else -1
     risk = trade_risk(
         model, exposures, own, unit_notional, sign, proposal["quantity"],
-        var_budget=limits.var_budget, fallback_vols=vols, vols=context.vols, historical=True,
+        var_budget=limits.var_budget if limits.var_budget <= MAX_VAR_BUDGET else math.inf,
+        fallback_vols=vols, vols=context.vols, historical=True,
     )  # fmt: skip
     warning = None
     if proxied:
@@ -240,7 +245,9 @@ def _suggest(
         requested, allowed, adv=inst["adv"], adv_share=limits.max_adv_share,
         lot=inst["lot_size"], hedge=hedge,
     )  # fmt: skip
-    return [s.record() for s in found]
+    records = [s.record() for s in found]
+    # a split over more days than the schema's int holds (a tiny ADV) is no advice at all
+    return [r for r in records if (r.get("days") or 0) <= MAX_SPLIT_DAYS]
 
 
 def _finite(x: float | None) -> float | None:

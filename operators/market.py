@@ -226,6 +226,14 @@ class VolForecast:
 MarketOut = RegimeOut | RegimeUpdate | VolForecast
 
 
+def no_forecast(instrument_id: str, ts: int) -> VolForecast:
+    """An instrument reached bar end ``ts`` without a forecast (warming up, no model).
+
+    All NaN: the shards know not to wait for one (replays wait for each bar's forecasts).
+    """
+    return VolForecast(instrument_id, ts, math.nan, math.nan, math.nan, "")
+
+
 # ---------------------------------------------------------------------------------------
 # Models, once per process
 
@@ -423,6 +431,8 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         self.vol: LoadedModel | None = None
         self.ensemble: VolEnsemble | None = None
         self.prior: FloatArray = np.full(len(REGIMES), 1.0 / len(REGIMES))
+        self._reached: list[tuple[int, str]] = []
+        """(bar end, instrument) of this batch's rows, forecast or not."""
         self._load_models()
         self.shadow = self._load_shadow() if config.shadow_artifacts is not None else None
 
@@ -540,7 +550,11 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         for bar in bars:
             out.extend((bar.ts, 0, "", item) for item in self._regime_outputs(bar))
             self._retain(bar)
-        out.extend((f.ts_event, 1, f.instrument_id, f) for f in self._forecast(rows))
+        forecasts = self._forecast(rows)
+        made = {(f.ts_event, f.instrument_id) for f in forecasts}
+        forecasts += [no_forecast(i, end) for end, i in self._reached if (end, i) not in made]
+        self._reached = []
+        out.extend((f.ts_event, 1, f.instrument_id, f) for f in forecasts)
         out.sort(key=lambda o: o[:3])
         return [o[3] for o in out]
 
@@ -708,6 +722,7 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
     ) -> None:
         track.advance(end)
         track.cursor = end
+        self._reached.append((end, iid))
         if track.history is None or track.garch is None or track.last is None:
             return
         history = track.history.get()

@@ -10,6 +10,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
@@ -36,7 +37,11 @@ from operators.records import (
 from operators.risk_model import BarReturns, EwmaCovariance, OrderRate
 from operators.snapshot import freeze, thaw
 
-MARK_HISTORY = 16
+T = TypeVar("T")
+HISTORY_BARS = 512
+"""Marks, covariance snapshots, forecasts and regimes kept per shard: every one a waiting
+proposal may need, and at least this many bars back from the newest (for proposals still
+on their way while market data runs ahead of them)."""
 DEDUPE_WINDOW = 200_000
 ACTION_STATE = {"HALT": "HALTED", "REDUCE_ONLY": "REDUCE_ONLY", "RESUME": "ACTIVE"}
 
@@ -71,6 +76,18 @@ class TimeLog:
         """The value in force at event time ``ts``."""
         i = bisect.bisect_left(self.keys, (ts + 1, ""))
         return self.values[i - 1] if i else default
+
+    def trim(self, cut: int) -> None:
+        """Forget values no ``as_of(ts)`` with ``ts >= cut`` can return."""
+        i = bisect.bisect_left(self.keys, (cut + 1, "")) - 1  # the one in force at cut
+        if i > 0:
+            del self.keys[:i], self.values[:i]
+
+
+def trim_history(entries: deque[T], cut: int, ts: Callable[[T], int]) -> None:
+    """Drop the oldest entries while the next one is still at or before ``cut``."""
+    while len(entries) > 1 and ts(entries[1]) <= cut:
+        entries.popleft()
 
 
 def add_exact(partials: list[float], x: float) -> None:
@@ -168,6 +185,7 @@ class ShardState:
     books: dict[str, Book] = field(default_factory=dict)
     references: dict[str, Record] = field(default_factory=dict)
     marks: dict[str, deque[Mark]] = field(default_factory=dict)
+    """Bar-close marks per instrument, oldest first (see ``trim``)."""
     states: dict[tuple[str, str], TimeLog] = field(default_factory=dict)
     limits: dict[tuple[str, str, str], TimeLog] = field(default_factory=dict)
     progress: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -180,7 +198,7 @@ class ShardState:
     """Largest ts_event decided so far: inputs at or before it arrived late."""
     returns: BarReturns = field(default_factory=BarReturns)
     covariance: EwmaCovariance = field(default_factory=EwmaCovariance)
-    models: deque[tuple[int, EwmaCovariance]] = field(default_factory=lambda: deque(maxlen=8))
+    models: deque[tuple[int, EwmaCovariance]] = field(default_factory=deque)
     """(bar end, covariance model after that bar): the model as of a proposal's time."""
     rates: dict[str, OrderRate] = field(default_factory=dict)
     closed_bars: list[int] = field(default_factory=list)
@@ -190,6 +208,8 @@ class ShardState:
     regimes: TimeLog = field(default_factory=TimeLog)
     """RegimeUpdate by bar end: the regime as of a proposal's time."""
     vol_forecasts: dict[str, deque[VolForecast]] = field(default_factory=dict)
+    forecast_through: dict[str, int] = field(default_factory=dict)
+    """Per instrument, the last bar end the market step forecast for (NaN ones too)."""
 
     def forecast_as_of(self, instrument_id: str, ts: int) -> VolForecast | None:
         """The last volatility forecast for an instrument made at or before ``ts``."""
@@ -203,22 +223,48 @@ class ShardState:
         """Bar end of the last regime update (-1 before the first)."""
         return self.regimes.keys[-1][0] if self.regimes.keys else -1
 
-    def add_mark(self, mark: Mark, every_instrument: bool) -> None:
-        """File a bar-close mark; update the covariance with every bar all instruments closed.
-
-        ``every_instrument`` (replays): wait for every instrument with reference data, so
-        that no return is left out of a bar; live: for those that have sent marks.
-        """
-        self.marks.setdefault(mark.instrument_id, deque(maxlen=MARK_HISTORY)).append(mark)
+    def add_mark(self, mark: Mark) -> None:
+        """File a bar-close mark (the covariance takes it in at :meth:`close_bars`)."""
+        self.marks.setdefault(mark.instrument_id, deque()).append(mark)
         self.returns.add(mark)
+
+    def close_bars(self, every_instrument: bool, known_through: int) -> None:
+        """Update the covariance with every bar all instruments closed.
+
+        ``every_instrument`` (replays): wait for every instrument with reference data, and
+        only for bars before ``known_through`` (all reference data up to it is in), so
+        that no return is left out of a bar whatever the arrival order; live: for the
+        instruments that have sent marks.
+        """
         waited = self.references if every_instrument else self.marks
         complete = min(
             (m[-1].ts_event if (m := self.marks.get(i)) else -1 for i in waited), default=-1
         )
+        if every_instrument:
+            complete = min(complete, known_through - 1)
         for end, returns, priors in self.returns.flush(complete):
             self.covariance.update(end, returns, priors)
             self.models.append((end, self.covariance.snapshot()))
             self.closed_bars.append(end)
+
+    def trim(self, bar_interval_ns: int) -> None:
+        """Forget history no waiting proposal needs, beyond ``HISTORY_BARS`` bars back.
+
+        Depends on event times only (what waits, what data came), never on timing: a
+        proposal decided later than the market data around it still finds its as-of state.
+        """
+        newest = self.model_through
+        for marks in self.marks.values():
+            newest = max(newest, marks[-1].ts_event)
+        cut = newest - HISTORY_BARS * bar_interval_ns
+        if self.waiting:
+            cut = min(cut, min(w.priced.proposal["ts_event"] for w in self.waiting))
+        for marks in self.marks.values():
+            trim_history(marks, cut, lambda m: m.ts_event)
+        for forecasts in self.vol_forecasts.values():
+            trim_history(forecasts, cut, lambda f: f.ts_event)
+        trim_history(self.models, cut, lambda m: m[0])
+        self.regimes.trim(cut)
 
     def model_as_of(self, ts: int) -> EwmaCovariance | None:
         """The covariance model after the last bar that ended at or before ``ts``."""
@@ -329,13 +375,14 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             if isinstance(item, PricedProposal):
                 out.extend(self._admit(item))
             elif isinstance(item, Mark):
-                st.add_mark(item, self.config.wait_for_data)
-                out.extend(self._auto_triggers())
+                st.add_mark(item)
             elif isinstance(item, RegimeUpdate):
                 st.regimes.add(item.ts_event, "", item)
             elif isinstance(item, VolForecast):
-                forecasts = st.vol_forecasts.setdefault(item.instrument_id, deque(maxlen=8))
-                forecasts.append(item)
+                iid = item.instrument_id
+                st.forecast_through[iid] = max(st.forecast_through.get(iid, -1), item.ts_event)
+                if math.isfinite(item.sigma):
+                    st.vol_forecasts.setdefault(iid, deque()).append(item)
             elif isinstance(item, Progress):
                 for topic, partition, ts in item.parts:
                     part = (topic, partition)
@@ -347,7 +394,10 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 out.extend(self._execute(item))
             else:
                 out.extend(self._control(item))
+        st.close_bars(self.config.wait_for_data, self._fenced_through())
+        out.extend(self._auto_triggers())
         out.extend(self._release(self._ready))
+        st.trim(self.config.bar_interval_ns)
         return out, StatefulBatchLogic.RETAIN
 
     def _admit(self, priced: PricedProposal) -> list[ShardOut]:
@@ -366,6 +416,11 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         self.state.waiting.append(Waiting(priced, priced.received_ns + self.config.max_wait_ns))
         return []
 
+    def _fenced_through(self) -> int:
+        """Event time every fenced partition has progressed to (END when none is fenced)."""
+        progress = self.state.progress
+        return min((progress.get(part, 0) for part in self.config.fence), default=END_OF_TIME)
+
     def _ready(self, w: Waiting) -> bool:
         st, p = self.state, w.priced.proposal
         ts = p["ts_event"]
@@ -382,17 +437,20 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             if st.model_through < floor:
                 return False
             market = self.config.market_ids
-            if market and set(market) <= set(st.references) and st.regime_through < floor:
+            bars = bool(market) and set(market) <= set(st.references)  # market bars will come
+            if bars and st.regime_through < floor:
                 return False  # the market step will produce this bar's regime
-            if (book := st.books.get(pid)) is not None:
-                for inst, qty in book.as_of(ts)[1].items():
-                    marks = st.marks.get(inst)
-                    if (
-                        qty
-                        and inst != p["instrument_id"]
-                        and (not marks or marks[-1].ts_event < floor)
-                    ):
-                        return False
+            held = (
+                [i for i, q in st.books[pid].as_of(ts)[1].items() if q] if pid in st.books else []
+            )
+            for inst in held:
+                marks = st.marks.get(inst)
+                if inst != p["instrument_id"] and (not marks or marks[-1].ts_event < floor):
+                    return False
+            if bars and any(
+                st.forecast_through.get(i, -1) < floor for i in {p["instrument_id"], *held}
+            ):
+                return False  # and the volatility forecasts of this bar
         return True
 
     def _release(self, ready: Callable[[Waiting], bool]) -> list[ShardOut]:

@@ -41,8 +41,17 @@ def is_execution_lane(item: Inbound | Progress | TickBatch) -> bool:
 
 
 def is_reference(item: Inbound | Progress | TickBatch) -> bool:
-    """Reference data, which the shards need too (face value of fills)."""
+    """Reference data and its topic's progress, which the shards need too.
+
+    Fills need the face value; replays close a covariance bar only once every instrument
+    of the bar is known.
+    """
     return item.kind == "Instrument"
+
+
+def instrument_input(item: Inbound | Progress | TickBatch) -> Inbound | TickBatch | None:
+    """What the instrument step takes: records and ticks (reference progress: shards only)."""
+    return None if isinstance(item, Progress) else item
 
 
 def instrument_key(item: Inbound | TickBatch) -> str:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from operators.validate import MAX_ID_LEN, MAX_TS_NS, MIN_TS_NS
+from operators.validate import MAX_ID_LEN, MAX_TS_NS, MAX_VALUE, MIN_TS_NS, MIN_VALUE
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -152,7 +152,8 @@ def _decode_all(
         if pos != end:  # trailing bytes
             continue
         bid, ask, last, size = prices[r, 0], prices[r, 1], prices[r, 2], prices[r, 3]
-        ok[r] = 0 < bid <= ask < inf and 0 < last < inf and 0 <= size < inf
+        lo, hi = MIN_VALUE, MAX_VALUE  # NaN fails every comparison
+        ok[r] = lo <= bid <= ask <= hi and lo <= last <= hi and 0 <= size <= hi
 
 
 def decode_ticks(values: list[bytes | None], header: bytes) -> tuple[np.ndarray, TickColumns]:

@@ -127,5 +127,5 @@ def test_unreachable_redis_when_checked_raises_a_clear_error():
 
     from operators.errors import InfrastructureError
 
-    with pytest.raises(InfrastructureError, match=r"cannot reach Redis at 127\.0\.0\.1:1"):
+    with pytest.raises(InfrastructureError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1"):
         check_redis("redis://user:secret@127.0.0.1:1/0", timeout=1)

@@ -162,6 +162,11 @@ def of(kind: type, outputs: list[Any]) -> list[Any]:
     return [o for o in outputs if isinstance(o, kind)]
 
 
+def forecasts(outputs: list[Any]) -> list[VolForecast]:
+    """Real volatility forecasts (not the NaN "none at this bar" markers)."""
+    return [o for o in of(VolForecast, outputs) if o.version]
+
+
 class CountingSession:
     """Wraps an ONNX Runtime session; records the shape of every call's input."""
 
@@ -216,9 +221,15 @@ def test_outputs_in_order_cover_every_bar_with_events_and_forecasts(
     assert len(events) == N_BARS - WARM_BAR
     assert all(u.probabilities == () and u.status == WARMING_UP for u in updates[:WARM_BAR])
     assert all(len(u.probabilities) == len(REGIMES) for u in updates[WARM_BAR:])
-    forecasts = of(VolForecast, reference)
-    assert {f.instrument_id for f in forecasts} == set(marks)
-    assert all(0 < f.lo < f.vol < f.hi for f in forecasts)
+    every = of(VolForecast, reference)
+    real = forecasts(reference)
+    assert {f.instrument_id for f in real} == set(marks)
+    assert all(0 < f.lo < f.vol < f.hi for f in real)
+    # every instrument at every bar it reached: a forecast or a NaN "none at this bar"
+    assert all(math.isnan(f.sigma) and not f.version for f in every if f not in real)
+    reached = {(f.instrument_id, f.ts_event) for f in every}
+    assert len(reached) == len(every)
+    assert {ts for iid, ts in reached if iid == IDX} == {m.ts_event for m in marks[IDX]}
 
 
 @pytest.mark.parametrize(
@@ -273,7 +284,7 @@ def test_batch_of_k_ready_bars_makes_one_regime_call_and_one_vol_call(marks: Mar
     assert regime_calls.shapes == [(k, ENCODER_LENGTH, 15)]
     assert vol_calls.shapes == [(k * len(marks), 64)]
     assert len(of(RegimeOut, out)) == k
-    assert len(of(VolForecast, out)) == k * len(marks)
+    assert len(forecasts(out)) == k * len(marks)
 
 
 def test_regime_probabilities_when_warm_sum_to_one_and_match_predict_proba(
@@ -314,7 +325,7 @@ def test_vol_forecast_uses_the_instrument_history_up_to_its_bar_only(
 
     got = next(
         f
-        for f in of(VolForecast, reference)
+        for f in forecasts(reference)
         if f.instrument_id == iid and f.ts_event == marks[iid][t].ts_event
     )
 
@@ -450,7 +461,7 @@ def test_wrong_hash_artifacts_when_loaded_fail_safe_with_empty_updates(
     assert len(updates) == N_BARS
     assert all(u.probabilities == () and u.most_likely == "" for u in updates)
     assert {u.status for u in updates[WARM_BAR:]} == {UNAVAILABLE}
-    assert not of(RegimeOut, out) and not of(VolForecast, out)
+    assert not of(RegimeOut, out) and not forecasts(out)
 
 
 def test_missing_vol_artifact_when_loaded_keeps_regime_and_drops_forecasts(
@@ -463,7 +474,7 @@ def test_missing_vol_artifact_when_loaded_keeps_regime_and_drops_forecasts(
 
     assert lg.state.model_status == {"regime_tft": OK, "vol_nbeats": UNAVAILABLE}
     assert len(of(RegimeOut, out)) == N_BARS - WARM_BAR
-    assert not of(VolForecast, out)
+    assert not forecasts(out)
 
 
 class Failing:
@@ -487,14 +498,14 @@ def test_inference_error_when_model_raises_is_counted_and_later_bars_recover(
     failed = run(lg, [seq[cut - len(marks) : cut]])
 
     assert [u.status for u in of(RegimeUpdate, failed)] == ["inference_failed"]
-    assert not of(RegimeOut, failed) and not of(VolForecast, failed)
+    assert not of(RegimeOut, failed) and not forecasts(failed)
     assert lg.state.model_status["regime_tft"] == "inference_failed"
     assert metric("riskstream_model_load_failures_total", model="regime_tft") == before + 1
 
     lg.regime, lg.vol = good_regime, good_vol
     recovered = run(lg, [seq[cut:]])
     assert {u.status for u in of(RegimeUpdate, recovered)} == {OK}
-    assert of(VolForecast, recovered)
+    assert forecasts(recovered)
     assert lg.state.model_status["regime_tft"] == OK
 
 
@@ -510,8 +521,8 @@ def test_instrument_behind_more_than_bar_retention_loses_those_forecasts_and_cou
     out = run(lg, batches(late, 6))
 
     assert lg.state.counts["vol_bars_lost"] >= 1
-    got = {f.ts_event for f in of(VolForecast, out) if f.instrument_id == "SIM-EQ03"}
-    full = {f.ts_event for f in of(VolForecast, reference) if f.instrument_id == "SIM-EQ03"}
+    got = {f.ts_event for f in forecasts(out) if f.instrument_id == "SIM-EQ03"}
+    full = {f.ts_event for f in forecasts(reference) if f.instrument_id == "SIM-EQ03"}
     assert got < full
     others = [o for o in out if not (isinstance(o, VolForecast) and o.instrument_id == "SIM-EQ03")]
     expected = [
@@ -530,7 +541,7 @@ def test_regime_artifact_missing_when_vol_model_loads_forecasts_use_the_prior(
 
     assert lg.state.model_status == {"regime_tft": UNAVAILABLE, "vol_nbeats": OK}
     assert not of(RegimeOut, out)
-    assert len(of(VolForecast, out)) == len(of(VolForecast, reference))
+    assert len(forecasts(out)) == len(forecasts(reference))
     warm = marks[IDX][WARM_BAR].ts_event
-    before = [f for f in of(VolForecast, reference) if f.ts_event < warm]
-    assert comparable([f for f in of(VolForecast, out) if f.ts_event < warm]) == comparable(before)
+    before = [f for f in forecasts(reference) if f.ts_event < warm]
+    assert comparable([f for f in forecasts(out) if f.ts_event < warm]) == comparable(before)
