@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all lint bench fault-large
+.PHONY: setup demo test test-all lint bench fault-large soak
 
 setup:
 	@./scripts/bootstrap.sh
@@ -31,3 +31,9 @@ bench: setup
 fault-large:
 	@./scripts/bootstrap.sh --test
 	$(BIN)/pytest -m fault_large -s tests/fault/test_crash_recovery.py
+
+# 30 minutes at 20k ticks/s and 500 proposals/s: RSS and p99 per minute (bench/soak.py),
+# results in bench/results/soak.*; SOAK_MINUTES=5 make soak for a shorter one
+SOAK_MINUTES ?= 30
+soak: setup
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --tick-rate 20000 --proposal-rate 500

@@ -367,3 +367,33 @@ def reference_run(settings: Settings, tag: str = "ref") -> Settings:
     copy_topics(settings, ref, INPUT_ROLES)
     run_main(kafka_flow(ref, tail=False, wait_for_data=True))
     return ref
+
+
+class MetricsSampler(threading.Thread):
+    """Scrapes a /metrics page every ``every_s`` in a thread: (time.monotonic(), sample).
+
+    A scrape that fails (the process is starting or gone) is skipped, not recorded.
+    """
+
+    def __init__(self, port: int, every_s: float = 0.2) -> None:
+        super().__init__(daemon=True, name=f"metrics-{port}")
+        self.port = port
+        self.every_s = every_s
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every_s):
+            try:
+                sample = scrape(self.port)
+            except OSError:
+                continue
+            self.samples.append((time.monotonic(), sample))
+
+    def close(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+    def series(self, name: str) -> list[tuple[float, float]]:
+        """(time, sum over every label set of ``name``) of every sample so far."""
+        return [(at, total(sample, name)) for at, sample in list(self.samples)]
