@@ -394,10 +394,11 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 out.extend(self._execute(item))
             else:
                 out.extend(self._control(item))
-        st.close_bars(self.config.wait_for_data, self._fenced_through())
-        out.extend(self._auto_triggers())
+        if any(isinstance(v, Mark | Progress) for v in values):  # bars may be complete now
+            st.close_bars(self.config.wait_for_data, self._fenced_through())
+            out.extend(self._auto_triggers())
+            st.trim(self.config.bar_interval_ns)
         out.extend(self._release(self._ready))
-        st.trim(self.config.bar_interval_ns)
         return out, StatefulBatchLogic.RETAIN
 
     def _admit(self, priced: PricedProposal) -> list[ShardOut]:

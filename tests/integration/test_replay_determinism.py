@@ -1,4 +1,5 @@
-"""Replays of the same topics give the same decisions, byte for byte (but wall-clock fields)."""
+"""Replays of the same topics give the same decisions, byte for byte (but wall-clock fields,
+the ``stale`` flag included)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,20 @@ from dataflows.producer import ProduceOptions, simulated_events
 from tests.factories import KEY, T0, control
 from tests.integration.conftest import consume, publish
 
-WALL_CLOCK = ("ts_decided", "latency_us", "stale")
+WALL_CLOCK = ("ts_decided", "latency_us")
 
 
-def replay(settings, scores_topic: str, workers: int = 1, keep_stale: bool = False) -> list[bytes]:
+def replay(settings, scores_topic: str, workers: int = 1) -> list[bytes]:
     """Run the flow over everything on the input topics into ``scores_topic``."""
-    ignored = WALL_CLOCK[:2] if keep_stale else WALL_CLOCK
     out = settings.model_copy(
         update={"topics": settings.topics.model_copy(update={"scores": scores_topic})}
     )
     cli_main(kafka_flow(out, tail=False, wait_for_data=True), workers_per_process=workers)
     records = consume(out, "scores", "RiskScore", EXPECTED[settings.topics.prefix])
     codec = codec_for(settings)
-    canonical = [{k: v for k, v in r.items() if k not in ignored} for r in records]
+    canonical = [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
     canonical.sort(key=lambda r: r["proposal_id"])
-    zeroed = {"ts_decided": 0, "latency_us": 0.0, "stale": False}
+    zeroed = {"ts_decided": 0, "latency_us": 0.0}
     return [codec.encode("RiskScore", zeroed | r) for r in canonical]
 
 
@@ -76,8 +76,8 @@ def test_replays_when_market_data_runs_ahead_of_proposals_are_identical_stale_fl
     publish(settings, events)
     EXPECTED[settings.topics.prefix] = sum(kind == "TradeProposal" for kind, _ in events)
 
-    runs = [replay(settings, f"scores.{i}", keep_stale=True) for i in range(3)]
-    runs.append(replay(settings, "scores.w2", workers=2, keep_stale=True))
+    runs = [replay(settings, f"scores.{i}") for i in range(3)]
+    runs.append(replay(settings, "scores.w2", workers=2))
 
     for other in runs[1:]:
         assert mismatches(runs[0], other) == []
