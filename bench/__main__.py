@@ -13,6 +13,7 @@ BENCHMARKS = (
     "kernels_bench",
     "feature_stage_bench",
     "ingest_bench",
+    "latency_bench",
     "decision_bench",
     "model_bench",
     "halt_latency_bench",

@@ -91,16 +91,14 @@ class _Partition(StatefulSourcePartition[Any, int]):
 
         Until then (just started or restarted, reading a backlog) an empty poll does not
         mean "nothing before now is still to come", so no idle marker is sent. Before the
-        first message the position may still be logical (beginning, end): then librdkafka's
-        resolved position counts, and an empty partition is caught up.
+        first message the position may still be logical: the beginning is the low
+        watermark, the end the high one (an empty partition is caught up at once).
         """
         if not self._live:
             tp = TopicPartition(self._topic, self._partition)
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            here = self._offset
-            if here < 0:
-                here = self._consumer.position([tp])[0].offset
-            self._live = high >= 0 and (0 <= high <= here or (here < 0 and low == high))
+            here = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(self._offset, self._offset)
+            self._live = 0 <= high <= here
         return self._live
 
     def _report_lag(self) -> None:
