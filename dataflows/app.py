@@ -92,11 +92,13 @@ def kafka_flow(
     wait_for_data: bool = False,
     stop: threading.Event | None = None,
     health: Health | None = None,
+    durable: bool = True,
 ) -> Dataflow:
     """The pre-trade flow reading and writing the configured topics and Redis.
 
     Setting ``stop`` ends the input, and the flow finishes after flushing its sinks.
     With ``health`` (and ``stop``), every worker also beats its liveness heartbeat.
+    ``durable`` (with recovery): Kafka outputs are flushed every batch (at-least-once).
     """
     if not settings.brokers:
         raise ConfigError("RISKSTREAM_KAFKA_BOOTSTRAP is not set (riskstream demo starts a broker)")
@@ -114,6 +116,7 @@ def kafka_flow(
             lambda d: d.record,
             _score_key,
             count_decisions,
+            durable,
         ),
         dead_letters=RecordSink(
             conf,
@@ -123,13 +126,26 @@ def kafka_flow(
             lambda d: d.record,
             _letter_key,
             count_dead_letters,
+            durable,
         ),
         state=RedisStateSink(settings.redis_url.get_secret_value(), settings.redis_prefix),
         regimes=RecordSink(
-            conf, topics.name("regimes"), "RegimeEvent", codec, lambda r: r.record, _regime_key
+            conf,
+            topics.name("regimes"),
+            "RegimeEvent",
+            codec,
+            lambda r: r.record,
+            _regime_key,
+            flush_each_batch=durable,
         ),
         controls=RecordSink(
-            conf, topics.name("control"), "ControlCommand", codec, lambda c: c.record, _control_key
+            conf,
+            topics.name("control"),
+            "ControlCommand",
+            codec,
+            lambda c: c.record,
+            _control_key,
+            flush_each_batch=durable,
         ),
     )
     consumer = consumer_config(settings)

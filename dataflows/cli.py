@@ -63,7 +63,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     recovery = _recovery(args)
     health = probes(settings, model_problems)
     serve_metrics(settings.metrics_port, settings.metrics_host, health)
-    flow = kafka_flow(settings, from_end=args.from_end, stop=stop, health=health)
+    flow = kafka_flow(
+        settings, from_end=args.from_end, stop=stop, health=health, durable=recovery is not None
+    )
     log.info("pre-trade flow starting on %s", settings.kafka_bootstrap)
     try:
         cli_main(

@@ -93,7 +93,8 @@ class _RecordSinkPartition(StatelessSinkPartition[T]):
             key = s.key_of(item)
             self._producer.produce(s.topic, s.codec.encode(s.record_name, record), key)
             self._producer.poll(0)
-        self._producer.flush()
+        if s.flush_each_batch:
+            self._producer.flush()
         if s.on_written is not None:
             s.on_written(items)
 
@@ -102,7 +103,13 @@ class _RecordSinkPartition(StatelessSinkPartition[T]):
 
 
 class RecordSink(DynamicSink[T], Generic[T]):
-    """Encodes each item's record with the codec and produces it; flushes every batch."""
+    """Encodes each item's record with the codec and produces it.
+
+    With ``flush_each_batch`` (recovery on), every batch is acknowledged by the broker
+    before the flow goes on, so a snapshot never covers output still in the producer:
+    at-least-once. Without it (no recovery; replays), librdkafka sends in the background
+    and ``close`` flushes: no worker waits a broker round trip per batch.
+    """
 
     def __init__(
         self,
@@ -113,8 +120,10 @@ class RecordSink(DynamicSink[T], Generic[T]):
         record_of: Callable[[T], dict[str, Any]],
         key_of: Callable[[T], bytes | None],
         on_written: Callable[[list[T]], None] | None = None,
+        flush_each_batch: bool = True,
     ) -> None:
         self.config = config
+        self.flush_each_batch = flush_each_batch
         self.topic = topic
         self.record_name = record_name
         self.codec = codec

@@ -896,15 +896,15 @@ def replay_flow(
         conf = producer_config(settings)
         scores = RecordSink(
             conf, outputs.scores, "RiskScore", codec, score_record, score_key,
-            counters.add_decisions,
+            counters.add_decisions, flush_each_batch=False,
         )  # fmt: skip
         letters = RecordSink(
             conf, outputs.dead_letters, "DeadLetter", codec, letter_record, letter_key,
-            counters.add_dead_letters,
+            counters.add_dead_letters, flush_each_batch=False,
         )  # fmt: skip
         regimes = RecordSink(
             conf, outputs.regimes or f"{outputs.scores}.regimes", "RegimeEvent", codec,
-            regime_record, regime_key, counters.add_regime_events,
+            regime_record, regime_key, counters.add_regime_events, flush_each_batch=False,
         )  # fmt: skip
     state: Any
     if outputs.redis_prefix is not None and settings.redis_url is not None:
