@@ -42,3 +42,14 @@ def write_results(name: str, figures: dict[str, Any], table: list[tuple[str, str
     rows = "\n".join(f"| {k} | {v} |" for k, v in table)
     (RESULTS / f"{name}.md").write_text(f"# {name}\n\n| measure | value |\n|---|---|\n{rows}\n")
     print((RESULTS / f"{name}.md").read_text())
+
+
+def avro_long(n: int) -> bytes:
+    """Avro long: zig-zag, then base-128 varint (for producers that patch encoded records)."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from bench.common import write_results
+from bench.common import avro_long, write_results
 from dataflows.app import codec_for
 from dataflows.control_cli import signed_command
-from dataflows.demo import child_env
+from dataflows.demo import child_env, stop_flow
 from dataflows.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from dataflows.kafka_io import Publisher, consumer_config, ensure_topics, producer_config
 from dataflows.producer import KEY_FIELD, ROLE, ProduceOptions, simulated_events
@@ -106,17 +105,6 @@ KNOBS: list[tuple[str, dict[str, str], bool]] = [
 # -- ticks: pre-encoded, stamped at send, from a process of their own ----------------------
 
 
-def _varint(n: int) -> bytes:
-    """Avro long: zig-zag, then base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def tick_pool(settings: Settings, rate: float) -> list[tuple[bytes, bytes, bytes]]:
     """(key, bytes before ts_event, bytes after it) of one second of simulated ticks."""
     codec = codec_for(settings)
@@ -126,7 +114,7 @@ def tick_pool(settings: Settings, rate: float) -> list[tuple[bytes, bytes, bytes
         if kind != "MarketTick":
             continue
         value = codec.encode("MarketTick", rec)
-        ts = _varint(rec["ts_event"])
+        ts = avro_long(rec["ts_event"])
         at = value.index(rec["instrument_id"].encode()) + len(rec["instrument_id"])
         assert value[at : at + len(ts)] == ts, "ts_event does not follow instrument_id"
         pool.append((rec["instrument_id"].encode(), value[:at], value[at + len(ts) :]))
@@ -142,7 +130,7 @@ def tick_main(settings: Settings, rate: float, ready: Any, stop: Any, sent: Any)
     t0, n = time.monotonic(), 0
     while not stop.is_set():
         due = int((time.monotonic() - t0) * rate)
-        ts = _varint(time.time_ns())
+        ts = avro_long(time.time_ns())
         while n < due:
             key, head, tail = pool[n % len(pool)]
             try:
@@ -290,17 +278,6 @@ def start_flow(settings: Settings, knobs: dict[str, str], log: Path) -> subproce
         )
 
 
-def stop_flow(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT (graceful), SIGKILL after 30 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -383,7 +360,7 @@ def run_once(
     finally:
         stop.set()
         ticks.join(15)
-        stop_flow(flow)
+        stop_flow(flow, grace_s=30)
         scores_rx.close()
         probes_rx.close()
     codec = codec_for(settings)

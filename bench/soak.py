@@ -26,7 +26,6 @@ import math
 import multiprocessing as mp
 import os
 import secrets
-import signal
 import struct
 import subprocess
 import sys
@@ -38,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_results
+from bench.common import avro_long, write_results
+from dataflows.demo import stop_flow
 from dataflows.embedded import EmbeddedStack, die_with_parent, free_port
 from dataflows.kafka_io import ensure_topics
 from dataflows.settings import Settings
@@ -95,20 +95,9 @@ class Samples:
 # -- producer (a process of its own) ------------------------------------------------------
 
 
-def _zigzag(n: int) -> bytes:
-    """Avro long: zig-zag, then base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def _avro_string(text: str) -> bytes:
     data = text.encode()
-    return _zigzag(len(data)) + data
+    return avro_long(len(data)) + data
 
 
 class TickEncoder:
@@ -133,7 +122,7 @@ class TickEncoder:
         return b"".join(
             (
                 head,
-                _zigzag(rec["ts_event"]),
+                avro_long(rec["ts_event"]),
                 self._DOUBLES.pack(rec["bid"], rec["ask"], rec["last"], rec["size"]),
                 b"\x00" if y is None else b"\x02" + self._DOUBLE.pack(y),
                 b"\x00" if venue is None else b"\x02" + _avro_string(venue),
@@ -305,7 +294,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
             wait_ready(settings.metrics_port, flow)
             samples, seconds = _drive(settings, opts, flow.pid)
         finally:
-            _stop(flow)
+            stop_flow(flow, grace_s=60)
         result = summarise(opts, samples, seconds)
         if not result["passed"]:
             result["flow_log_tail"] = (Path(tmp) / "flow.log").read_text()[-3000:]
@@ -345,16 +334,6 @@ def _drive(settings: Settings, opts: SoakOptions, pid: int) -> tuple[Samples, fl
             thread.join(5)
     samples.produced.append((seconds, list(counts[:])))
     return samples, seconds
-
-
-def _stop(flow: subprocess.Popen[bytes]) -> None:
-    if flow.poll() is None:
-        flow.send_signal(signal.SIGINT)
-        try:
-            flow.wait(60)
-        except subprocess.TimeoutExpired:
-            flow.kill()
-            flow.wait()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -94,12 +94,12 @@ def start_flow(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_flow(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT, then SIGKILL if it does not stop within 10 s."""
+def stop_flow(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGINT, then SIGKILL if it does not stop within ``grace_s``."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
