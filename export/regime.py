@@ -1,13 +1,26 @@
 """Export the regime TFT to ONNX, check parity with PyTorch, register it in the manifest.
 
 ``python -m export.regime`` reads a training run (``build/regime_tft`` by default, written
-by ``python -m models.regime_tft``; ``--train`` or ``--quick`` trains first), exports the
-plain-tensor wrapper (``encoder_cont [B, 32, F] float32 -> probabilities [B, 7]``, the
+by ``python -m models.regime_tft``; ``--train`` or ``--quick`` trains first), exports
+:class:`LeanRegimeTFT` (``encoder_cont [B, 32, F] float32 -> probabilities [B, 7]``, the
 softmax of the next-bar logits, dynamic batch axis, opset 17, TorchScript exporter),
-compares ONNX Runtime with PyTorch on every held-out window, refuses to register when the
-largest absolute probability difference reaches :data:`PARITY_TOLERANCE`, and writes the
-artifact plus its ``ArtifactEntry`` (sha256, tensor specs, metrics, scaling) to
-``models/artifacts``.
+compares ONNX Runtime with the PyTorch model (``RegimeTFTExport``, pytorch-forecasting's
+own forward) on every held-out window, refuses to register when the largest absolute
+probability difference reaches :data:`PARITY_TOLERANCE`, and writes the artifact plus its
+``ArtifactEntry`` (sha256, tensor specs, metrics, scaling) to ``models/artifacts``.
+
+:class:`LeanRegimeTFT` computes the same function as pytorch-forecasting's forward with
+the same weights in far fewer ONNX nodes (219 instead of 1538; after ONNX Runtime's
+optimisations 146 instead of 918, 127 instead of 596 with the batch pinned), and per-node
+overhead is what batch-1 latency is made of. The 16 per-variable prescalers and GRNs of
+the encoder variable selection run as one stacked batched MatMul chain instead of 16
+small graphs; what does not depend on the input (static contexts, initial LSTM state,
+the decoder step's embedding, the attention mask) is computed once at export and stored
+as constants; the four attention heads run as one batched product over the 32 encoder
+steps (the decoder step's causal mask hides itself exactly), averaging the heads'
+weights before the shared value projection. At batch 64, where arithmetic rather than
+node count dominates, it is as fast as the per-variable graph (the same session options,
+timed in turns on one core: 66.9 vs 67.9 ms p50); at batch 1 it takes half the time.
 """
 
 from __future__ import annotations
@@ -15,14 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from export.manifest import ARTIFACTS, MANIFEST, ArtifactEntry, TensorSpec, register, sha256_file
 from models.market_features import MARKET_FEATURES, WARMUP_BARS
@@ -32,7 +49,6 @@ from models.regime_tft import (
     MODEL_NAME,
     N_CLASSES,
     TFT_HPARAMS,
-    RegimeTFTExport,
     SavedRun,
     TrainConfig,
     torch_proba,
@@ -57,12 +73,147 @@ class ParityError(RiskstreamError):
     """ONNX Runtime and PyTorch disagree by more than the tolerance."""
 
 
-def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
-    """The serialised ONNX model of the wrapped TFT, with name/version metadata."""
-    import onnx
-    import torch
+class ExportShapeError(RiskstreamError):
+    """The TFT's configuration is not the one :class:`LeanRegimeTFT` reproduces."""
 
-    wrapper = RegimeTFTExport(model).eval()
+
+class LeanRegimeTFT(nn.Module):
+    """``encoder_cont [B, T, F] -> probabilities [B, 7]``, the TFT's forward in few graph nodes.
+
+    The same function as ``RegimeTFTExport`` (full-length encoder windows, one decoder
+    step with ``relative_time_idx`` 0, no static or categorical variables), built from the
+    TFT's own weights and submodules: per-variable encoder GRNs stacked into batched
+    matrices, input-independent parts precomputed as buffers, attention heads batched.
+    """
+
+    def __init__(self, tft: TemporalFusionTransformer) -> None:
+        super().__init__()
+        self.tft = tft
+        vsn = tft.encoder_variable_selection
+        names = list(vsn.input_sizes)
+        steps, hidden = ENCODER_LENGTH, int(tft.hparams.hidden_size)
+        if (
+            tft.static_variables
+            or tft.hparams.x_categoricals
+            or names != list(tft.hparams.x_reals)
+            or names[0] != "relative_time_idx"
+            or tft.decoder_variables != ["relative_time_idx"]
+            or set(vsn.prescalers) != set(names)
+        ):
+            raise ExportShapeError(f"{MODEL_NAME}: unexpected TFT variables {names}")
+        grns = [vsn.single_variable_grns[n] for n in names]
+        scalers = [vsn.prescalers[n] for n in names]
+        with torch.no_grad():
+            static = torch.zeros(1, hidden)
+            ctx_vs = tft.static_context_variable_selection(static)
+            layers = int(tft.hparams.lstm_layers)
+            h0 = tft.static_context_initial_hidden_lstm(static).expand(layers, 1, hidden)
+            c0 = tft.static_context_initial_cell_lstm(static).expand(layers, 1, hidden)
+            dec, _ = tft.decoder_variable_selection(
+                {"relative_time_idx": torch.zeros(1, 1, 1)}, ctx_vs.unsqueeze(1)
+            )
+            mask = tft.get_attention_mask(
+                encoder_lengths=torch.tensor([steps]), decoder_lengths=torch.tensor([1])
+            )
+            hides_decoder_only = torch.zeros(1, 1, steps + 1, dtype=torch.bool)
+            hides_decoder_only[..., steps:] = True
+            if not torch.equal(mask, hides_decoder_only):
+                raise ExportShapeError(f"{MODEL_NAME}: attention mask {mask.tolist()}")
+            mha = tft.multihead_attn
+            width = scalers[0].out_features
+            eye = torch.eye(width)
+            buffers: dict[str, torch.Tensor] = {
+                "rel": (torch.arange(-steps, 0, dtype=torch.float32) / steps).view(1, steps, 1),
+                "ctx_vs": ctx_vs,
+                "ctx_enrich": tft.static_context_enrichment(static).unsqueeze(1),
+                "h0": h0,
+                "c0": c0,
+                "dec_emb": dec,
+                # stacked encoder variable GRNs, (V, in, out) weights and (V, 1, out) biases
+                "wp": _stack(s.weight[:, 0] for s in scalers).unsqueeze(1),
+                "bp": _stack(s.bias for s in scalers).unsqueeze(1),
+                "w1": _stack(g.fc1.weight.T for g in grns),
+                "b1": _stack(g.fc1.bias for g in grns).unsqueeze(1),
+                "w2": _stack(g.fc2.weight.T for g in grns),
+                "b2": _stack(g.fc2.bias for g in grns).unsqueeze(1),
+                "wg": _stack(g.gate_norm.glu.fc.weight.T for g in grns),
+                "bg": _stack(g.gate_norm.glu.fc.bias for g in grns).unsqueeze(1),
+                "wr": _stack(
+                    g.resample_norm.resample(eye) * torch.sigmoid(g.resample_norm.mask) * 2.0
+                    for g in grns
+                ),
+                "rn_w": _stack(g.resample_norm.norm.weight for g in grns).unsqueeze(1),
+                "rn_b": _stack(g.resample_norm.norm.bias for g in grns).unsqueeze(1),
+                "an_w": _stack(g.gate_norm.add_norm.norm.weight for g in grns).unsqueeze(1),
+                "an_b": _stack(g.gate_norm.add_norm.norm.bias for g in grns).unsqueeze(1),
+                # the heads' query and key projections side by side
+                "wq": torch.cat([q.weight for q in mha.q_layers]).T,
+                "bq": torch.cat([q.bias for q in mha.q_layers]),
+                "wk": torch.cat([k.weight for k in mha.k_layers]).T,
+                "bk": torch.cat([k.bias for k in mha.k_layers]),
+            }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.detach().clone().contiguous())
+        self.n_vars, self.width, self.steps, self.hidden = len(names), width, steps, hidden
+        self.n_head, self.d_k = int(mha.n_head), int(mha.d_k)
+        self.eps = float(grns[0].resample_norm.norm.eps)
+
+    def _buf(self, name: str) -> torch.Tensor:
+        value: torch.Tensor = getattr(self, name)
+        return value
+
+    def _encoder_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder variable selection of ``x`` (B, T, V): (B, T, H)."""
+        b = self._buf
+        hidden = self.hidden
+        xv = x.reshape(-1, self.n_vars).T.unsqueeze(-1)  # (V, B*T, 1)
+        emb = xv * b("wp") + b("bp")  # (V, N, width): the prescalers
+        skip = F.layer_norm(emb @ b("wr"), (hidden,), eps=self.eps) * b("rn_w") + b("rn_b")
+        h = F.elu(emb @ b("w1") + b("b1")) @ b("w2") + b("b2")
+        y = F.glu(h @ b("wg") + b("bg"), dim=-1) + skip
+        y = F.layer_norm(y, (hidden,), eps=self.eps) * b("an_w") + b("an_b")  # (V, N, H)
+        flat = emb.transpose(0, 1).reshape(-1, self.n_vars * self.width)
+        selection = self.tft.encoder_variable_selection.flattened_grn(flat, b("ctx_vs"))
+        weights = torch.softmax(selection, dim=-1).T.unsqueeze(-1)  # (V, N, 1)
+        return (y * weights).sum(dim=0).reshape(-1, self.steps, hidden)
+
+    def forward(self, encoder_cont: torch.Tensor) -> torch.Tensor:
+        tft, b, steps, hidden = self.tft, self._buf, self.steps, self.hidden
+        batch = encoder_cont.shape[0]
+        x = torch.cat([b("rel").expand(batch, steps, 1), encoder_cont], dim=-1)
+        enc = self._encoder_embedding(x)
+        state = (
+            b("h0").expand(-1, batch, -1).contiguous(),
+            b("c0").expand(-1, batch, -1).contiguous(),
+        )
+        # full-length windows: the plain LSTM equals pytorch-forecasting's packed one
+        enc_out, state = nn.LSTM.forward(tft.lstm_encoder, enc, state)
+        dec = b("dec_emb").expand(batch, 1, hidden)
+        dec_out, _ = nn.LSTM.forward(tft.lstm_decoder, dec, state)
+        lstm_enc = tft.post_lstm_add_norm_encoder(tft.post_lstm_gate_encoder(enc_out), enc)
+        lstm_dec = tft.post_lstm_add_norm_decoder(tft.post_lstm_gate_decoder(dec_out), dec)
+        lstm_output = torch.cat([lstm_enc, lstm_dec], dim=1)
+        attn_input = tft.static_enrichment(lstm_output, b("ctx_enrich"))
+        query, keys = attn_input[:, steps:], attn_input[:, :steps]
+        heads, d_k = self.n_head, self.d_k
+        q = (query @ b("wq") + b("bq")).reshape(-1, 1, heads, d_k).transpose(1, 2)
+        k = (keys @ b("wk") + b("bk")).reshape(-1, steps, heads, d_k).permute(0, 2, 3, 1)
+        scores = torch.softmax(q @ k / math.sqrt(d_k), dim=-1).mean(dim=1)  # (B, 1, T)
+        mha = tft.multihead_attn
+        attn_out = tft.post_attn_gate_norm(mha.w_h(scores @ mha.v_layer(keys)), query)
+        out = tft.pre_output_gate_norm(tft.pos_wise_ff(attn_out), lstm_dec)
+        return torch.softmax(tft.output_layer(out)[:, 0, :], dim=-1)
+
+
+def _stack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(tensors))
+
+
+def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
+    """The serialised ONNX model of :class:`LeanRegimeTFT`, with name/version metadata."""
+    import onnx
+
+    wrapper = LeanRegimeTFT(model).eval()
     example = torch.zeros(2, ENCODER_LENGTH, len(MARKET_FEATURES), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -89,13 +240,14 @@ def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
 
 
 def onnx_proba(model_bytes: bytes, scaled: npt.NDArray[np.float32], batch: int = 256) -> Any:
-    """Probabilities of scaled windows with ONNX Runtime (one thread), in batches."""
+    """Probabilities of scaled windows with ONNX Runtime (served options), in batches."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    from models.runtime import session_options
+
+    session = ort.InferenceSession(
+        model_bytes, session_options(), providers=["CPUExecutionProvider"]
+    )
     parts = [
         session.run([OUTPUT_NAME], {INPUT_NAME: scaled[lo : lo + batch]})[0]
         for lo in range(0, len(scaled), batch)
@@ -166,6 +318,7 @@ def _extra(run: SavedRun) -> dict[str, Any]:
         "regimes": [r.value for r in REGIMES],
         "predicts": "probabilities of the regime of the bar after the window's last bar",
         "architecture": {"model": "pytorch_forecasting.TemporalFusionTransformer", **TFT_HPARAMS},
+        "onnx_graph": "export.regime.LeanRegimeTFT (stacked variable GRNs, constants folded)",
         "training": {
             "sim_train_seeds": config.get("sim_train_seeds"),
             "sim_test_seeds": config.get("sim_test_seeds"),
