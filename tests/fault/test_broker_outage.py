@@ -50,11 +50,12 @@ from tests.fault.conftest import (
 PAUSE_S = 10.0
 RESUME_BOUND_S = 10.0
 """SIGCONT to the next counted decision, at most (2 shared cores: generous)."""
-NORMAL_E2E_S = 2.0
-"""End-to-end latency (ts_decided - ts_event) a decision stays under when nothing is paused."""
+NORMAL_E2E_S = PAUSE_S / 4
+"""Median end-to-end latency (ts_decided - ts_event) before the pause stays under this, so
+the pause stands out (a loaded 2-core machine can be a couple of seconds behind)."""
 RECOVERED_E2E_S = PAUSE_S / 2
-"""End-to-end latency of proposals from 3 s after SIGCONT stays under half the pause (the
-backlog is read; a loaded 2-core machine can take a few seconds more than usual)."""
+"""End-to-end latency of proposals from 3 s after SIGCONT, over the median before the
+pause, stays under half the pause (the backlog is read)."""
 WARM_S = 6.0
 """Steady decisions before the pause, and feeding after it."""
 
@@ -234,4 +235,4 @@ def test_broker_paused_10s_end_to_end_latency_shows_the_pause_then_recovers(
     after = outage.e2e_s(outage.after_wall(), 2**63)
     assert baseline < NORMAL_E2E_S
     assert max(during) >= baseline + 0.9 * PAUSE_S
-    assert after and max(after) < RECOVERED_E2E_S
+    assert after and max(after) < baseline + RECOVERED_E2E_S
