@@ -137,6 +137,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
 
     def _usable(self, msgs: list[Message]) -> tuple[list[Message], bool]:
         """The data messages before the end offset, and whether the partition is finished."""
+        finished = False
         if any(m.error() is not None for m in msgs):
             good = []
             for m in msgs:
@@ -144,14 +145,14 @@ class _Partition(StatefulSourcePartition[Any, int]):
                 if err is None:
                     good.append(m)
                 elif err.code() == KafkaError._PARTITION_EOF and not self._tail:
-                    return good, True
+                    finished = True
+                    break
                 # other errors are transient: librdkafka retries by itself
             msgs = good
         end = self._end
         if end is not None and msgs and _offset(msgs[-1]) >= end:
-            keep = [m for m in msgs if _offset(m) < end]
-            return keep, True
-        return msgs, False
+            return [m for m in msgs if _offset(m) < end], True
+        return msgs, finished
 
     def _block(self, msgs: list[Message]) -> MessageBlock:
         stamps = [m.timestamp() for m in msgs]
