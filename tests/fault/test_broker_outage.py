@@ -234,5 +234,7 @@ def test_broker_paused_10s_end_to_end_latency_shows_the_pause_then_recovers(
     during = outage.e2e_s(outage.paused_wall, outage.resumed_wall)
     after = outage.e2e_s(outage.after_wall(), 2**63)
     assert baseline < NORMAL_E2E_S
-    assert max(during) >= baseline + 0.9 * PAUSE_S
+    # proposals sent at the start of the pause waited all of it; a backlog before the pause
+    # is read while the broker is stopped, so the two do not add up
+    assert max(during) >= 0.9 * PAUSE_S and max(during) >= baseline + PAUSE_S / 2
     assert after and max(after) < baseline + RECOVERED_E2E_S
