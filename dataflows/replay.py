@@ -714,7 +714,8 @@ class ReplayOptions:
     no_redis: bool = False
     run_id: str | None = None
     limits: tuple[tuple[str, float], ...] = ()
-    models: tuple[tuple[str, str], ...] = ()
+    models: Path | None = None
+    """A model set (manifest.json + artifacts) to decide with instead of the shipped one."""
     allow_live: bool = False
     append: bool = False
     workers: int = 1
@@ -738,7 +739,7 @@ class ReplayOptions:
         parts = [
             self.from_ns, self.to_ns, sorted(self.topics), self.out_topic,
             str(self.out_file) if self.out_file else None, sorted(self.limits),
-            sorted(self.models),
+            str(self.models) if self.models else None,
         ]  # fmt: skip
         return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:10]
 
@@ -835,7 +836,6 @@ def replay_flow(
     counters: ReplayCounters,
     *,
     speed: float | None = None,
-    models: dict[str, str] | None = None,
     stop: threading.Event | None = None,
 ) -> Dataflow:
     """The pre-trade flow over the plan's ranges, writing to the replay's outputs."""
@@ -848,12 +848,9 @@ def replay_flow(
     from dataflows.redis_sink import RedisStateSink
 
     codec = codec_for(settings)
-    extra = dict(models or {})
 
     def score_record(d: Decided) -> dict[str, Any]:
-        if not extra:
-            return d.record
-        return d.record | {"model_versions": {**d.record["model_versions"], **extra}}
+        return d.record
 
     def letter_record(d: DeadLetterItem) -> dict[str, Any]:
         return d.record
@@ -1034,7 +1031,7 @@ class ReplaySummary:
     interrupted: bool
     process: str
     limits: dict[str, float]
-    models: dict[str, str]
+    models: Path | None
 
     @property
     def events_per_s(self) -> float:
@@ -1060,7 +1057,7 @@ class ReplaySummary:
         if self.limits or self.models:
             what_if = ", ".join(
                 [f"{k}={v:g}" for k, v in self.limits.items()]
-                + [f"model {k}={v}" for k, v in self.models.items()]
+                + ([f"models {self.models}"] if self.models else [])
             )
             lines.append(f"  overrides  {what_if}")
         return "\n".join(lines)
@@ -1087,7 +1084,7 @@ class ReplaySummary:
                 "redis_prefix": self.outputs.redis_prefix,
             },
             "limits": self.limits,
-            "models": self.models,
+            "models": str(self.models) if self.models else None,
         }
 
 
@@ -1177,16 +1174,16 @@ def run_replay(
     """Run a replay to the end of its range; its summary (this process's share)."""
     from bytewax._bytewax import cli_main
 
+    from dataflows.app import configure_models
+
     settings, plan, outputs = prepare(settings, opts)
     err = stderr or sys.stderr
     counters = ReplayCounters()
     stop = threading.Event()
-    models = dict(opts.models)
-    if models:
-        log.warning("models are not wired into decisions yet: --model is recorded in the output")
-    flow = replay_flow(
-        settings, plan, outputs, counters, speed=opts.speed, models=models, stop=stop
-    )
+    # the what-if model set (verified: a manifest or artifact mismatch is refused), else
+    # the shipped one, whatever an earlier run in this process used
+    configure_models(settings.model_copy(update={"model_dir": opts.models or settings.model_dir}))
+    flow = replay_flow(settings, plan, outputs, counters, speed=opts.speed, stop=stop)
     if on_signals:
         from dataflows.cli import _stop_on_signals
 
@@ -1237,7 +1234,7 @@ def run_replay(
             stop.is_set(),
             process,
             dict(opts.limits),
-            models,
+            opts.models,
         )
 
 
@@ -1261,10 +1258,6 @@ def _limit(text: str) -> tuple[str, float]:
         ) from None
 
 
-def _model(text: str) -> tuple[str, str]:
-    return _pair(text, "NAME=VERSION (e.g. regime=2026.11.1)")
-
-
 def options_from(args: argparse.Namespace) -> ReplayOptions:
     """Validated options from the command line."""
     now = time.time_ns()
@@ -1279,7 +1272,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         no_redis=args.no_redis,
         run_id=args.run_id,
         limits=tuple(args.limit or ()),
-        models=tuple(args.model or ()),
+        models=args.models,
         allow_live=args.allow_live,
         append=args.append,
         workers=args.workers,
@@ -1345,8 +1338,9 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         help="what-if limit, e.g. concentration=0.2 (repeatable)",
     )  # fmt: skip
     p.add_argument(
-        "--model", type=_model, action="append", metavar="NAME=VERSION",
-        help="model version to record in model_versions (repeatable)",
+        "--models", type=Path, default=None, metavar="DIR",
+        help="what-if model set: manifest.json + artifacts, verified by sha256"
+        " (default: the shipped models)",
     )  # fmt: skip
     p.add_argument("--allow-live", action="store_true", help="allow live topics / Redis prefix")
     p.add_argument("--append", action="store_true", help="allow outputs that already hold data")

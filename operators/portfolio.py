@@ -177,6 +177,12 @@ class Waiting:
     priced: PricedProposal
     deadline_ns: int
 
+    @property
+    def order(self) -> tuple[int, str]:
+        """Decision order: event time, then proposal id."""
+        p = self.priced.proposal
+        return p["ts_event"], p["proposal_id"]
+
 
 @dataclass
 class ShardState:
@@ -192,6 +198,7 @@ class ShardState:
     held_fills: list[Inbound] = field(default_factory=list)
     """Executions whose instrument has no reference data yet."""
     waiting: list[Waiting] = field(default_factory=list)
+    """In decision order (``Waiting.order``)."""
     answered: OrderedDict[str, None] = field(default_factory=OrderedDict)
     executed: OrderedDict[str, None] = field(default_factory=OrderedDict)
     decided_upto: int = -1
@@ -258,7 +265,7 @@ class ShardState:
             newest = max(newest, marks[-1].ts_event)
         cut = newest - HISTORY_BARS * bar_interval_ns
         if self.waiting:
-            cut = min(cut, min(w.priced.proposal["ts_event"] for w in self.waiting))
+            cut = min(cut, self.waiting[0].priced.proposal["ts_event"])
         for marks in self.marks.values():
             trim_history(marks, cut, lambda m: m.ts_event)
         for forecasts in self.vol_forecasts.values():
@@ -398,7 +405,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             st.close_bars(self.config.wait_for_data, self._fenced_through())
             out.extend(self._auto_triggers())
             st.trim(self.config.bar_interval_ns)
-        out.extend(self._release(self._ready))
+        out.extend(self._release(self._ready, below=self._ready_below()))
         return out, StatefulBatchLogic.RETAIN
 
     def _admit(self, priced: PricedProposal) -> list[ShardOut]:
@@ -414,13 +421,29 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 priced.raw,
             )
             return [DeadLetterItem(letter)]
-        self.state.waiting.append(Waiting(priced, priced.received_ns + self.config.max_wait_ns))
+        waiting = Waiting(priced, priced.received_ns + self.config.max_wait_ns)
+        bisect.insort(self.state.waiting, waiting, key=lambda w: w.order)
         return []
 
     def _fenced_through(self) -> int:
         """Event time every fenced partition has progressed to (END when none is fenced)."""
         progress = self.state.progress
         return min((progress.get(part, 0) for part in self.config.fence), default=END_OF_TIME)
+
+    def _ready_below(self) -> int:
+        """Event time no ready proposal reaches: the fences, and in replays the shared bars.
+
+        A replay decides ``T`` only once the covariance (and the regime, when the market
+        bars come) reached the bar of ``T``; ``_ready`` checks the rest proposal by proposal.
+        """
+        below = self._fenced_through()
+        if self.config.wait_for_data:
+            st, step = self.state, self.config.bar_interval_ns
+            below = min(below, (st.model_through // step + 1) * step)
+            market = self.config.market_ids
+            if market and set(market) <= set(st.references):
+                below = min(below, (st.regime_through // step + 1) * step)
+        return below
 
     def _ready(self, w: Waiting) -> bool:
         st, p = self.state, w.priced.proposal
@@ -454,17 +477,27 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 return False  # and the volatility forecasts of this bar
         return True
 
-    def _release(self, ready: Callable[[Waiting], bool]) -> list[ShardOut]:
+    def _release(
+        self, ready: Callable[[Waiting], bool], below: int = END_OF_TIME + 1
+    ) -> list[ShardOut]:
+        """Decide, in decision order, the waiting proposals ``ready`` says may go.
+
+        Only those before event time ``below`` are asked (the others stay): proposals wait
+        in event-time order, so a fence leaves just a prefix to look at. Those released
+        before ``_ready`` holds (deadline, end of input) are stale.
+        """
         st = self.state
         if not st.waiting:
             return []
+        end = bisect.bisect_left(st.waiting, below, key=lambda w: w.priced.proposal["ts_event"])
         done: list[Waiting] = []
         keep: list[Waiting] = []
-        for w in st.waiting:
+        for w in st.waiting[:end]:
             (done if ready(w) else keep).append(w)
-        st.waiting = keep
-        done.sort(key=lambda w: (w.priced.proposal["ts_event"], w.priced.proposal["proposal_id"]))
-        return [self._decide(w.priced, stale=not self._ready(w)) for w in done]
+        if done:
+            st.waiting[:end] = keep
+        sure = ready == self._ready
+        return [self._decide(w.priced, stale=not (sure or self._ready(w))) for w in done]
 
     def _decide(self, priced: PricedProposal, stale: bool) -> Decided:
         p = priced.proposal

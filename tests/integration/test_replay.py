@@ -8,11 +8,13 @@ the live run marked stale); bad ranges, topics and times end with a clear messag
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import fastavro
 import pytest
@@ -32,6 +34,8 @@ from dataflows.replay import (
     select_topics,
     with_limits,
 )
+from export.manifest import ARTIFACTS
+from models.runtime import ArtifactError
 from operators.errors import ConfigError
 from tests.factories import KEY, SECOND, T0, control
 from tests.integration.conftest import consume, env_of, publish
@@ -245,16 +249,29 @@ def test_replay_when_given_a_time_range_decides_only_the_proposals_in_it(setting
     assert summary.events < summary.planned_events * 2
 
 
-def test_replay_when_asked_what_if_applies_limits_and_records_model_versions(settings, capsys):
+def candidate_models(tmp_path: Path, version: str) -> Path:
+    """A copy of the shipped model set whose manifest gives the models another version."""
+    shipped = Path(ARTIFACTS)
+    target = tmp_path / "candidate"
+    shutil.copytree(shipped, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for entry in manifest["models"].values():
+        entry["version"] = version
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
+
+
+def test_replay_when_asked_what_if_applies_limits_and_the_model_set(settings, tmp_path):
     record_sim(settings, seconds=3)
     base = run_replay(settings, ReplayOptions(out_topic="rep.base", progress="never"))
+    models = candidate_models(tmp_path, "9.9.9-candidate")
 
     strict = run_replay(
         settings,
         ReplayOptions(
             out_topic="rep.strict",
             limits=(("concentration", 0.02),),
-            models=(("regime", "2026.11-test"),),
+            models=models,
             progress="never",
         ),
     )
@@ -265,8 +282,14 @@ def test_replay_when_asked_what_if_applies_limits_and_records_model_versions(set
     assert strict.decisions.get("REJECT", 0) + strict.decisions.get(
         "REDUCE", 0
     ) > base.decisions.get("REJECT", 0) + base.decisions.get("REDUCE", 0)
-    assert all(r["model_versions"]["regime"] == "2026.11-test" for r in b)
-    assert "overrides  concentration=0.02, model regime=2026.11-test" in strict.text()
+    used = {v for r in b for v in r["model_versions"].values()}
+    assert used == {"9.9.9-candidate"}, used  # what the market step loaded, not a label
+    assert {v for r in a for v in r["model_versions"].values()} - {"9.9.9-candidate"}
+    assert f"overrides  concentration=0.02, models {models}" in strict.text()
+    # a model set whose artifact does not match its manifest is refused before the run
+    (models / "regime_tft.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="sha256"):
+        run_replay(settings, ReplayOptions(out_topic="rep.bad", models=models, progress="never"))
     # an output that already holds records is refused, unless appending
     with pytest.raises(ConfigError, match=r"already holds records: rep.base \("):
         run_replay(settings, ReplayOptions(out_topic="rep.base", progress="never"))
