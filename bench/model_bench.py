@@ -75,17 +75,26 @@ SAMPLES = ("all", "quietest")
 
 
 def regime_inputs(n: int) -> np.ndarray:
-    """``n`` scaled 32-bar market-feature windows of a simulator path (float32)."""
+    """``n`` model inputs of a simulator path: 32-bar windows of the scaled market features
+    and the labeler's causal labels, as the market step builds them (float32)."""
     from export.manifest import load_manifest
-    from models.market_features import FeatureWindow, market_bars_from_sim
-    from models.regime_runtime import ENCODER_LENGTH, Scaling
+    from models.market_features import market_bars_from_sim
+    from models.regime_runtime import (
+        ENCODER_LENGTH,
+        RegimeWindow,
+        Scaling,
+        encoder_input,
+        labeler_from_extra,
+    )  # fmt: skip
     from models.simulator import MarketSimulator
 
+    extra = load_manifest()["regime_tft"].extra
     bars = market_bars_from_sim(MarketSimulator(seed=42).path(n + ENCODER_LENGTH + 80))
-    stream = FeatureWindow(ENCODER_LENGTH)
-    raw = [w for w in (stream.update(b) for b in bars.to_dict("records")) if w is not None]
-    scaling = Scaling.from_dict(load_manifest()["regime_tft"].extra["scaling"])
-    return scaling.apply(np.stack(raw[:n]))
+    stream = RegimeWindow(ENCODER_LENGTH, labeler_from_extra(extra).streaming())
+    out = [w for w in (stream.update(b) for b in bars.to_dict("records")) if w is not None]
+    windows = np.stack([w for w, _ in out[:n]])
+    labels = np.stack([label for _, label in out[:n]])
+    return encoder_input(Scaling.from_dict(extra["scaling"]), windows, labels)
 
 
 def vol_inputs(n: int) -> np.ndarray:

@@ -10,7 +10,8 @@ each writing its decisions to a topic of its own. Throughput is input events ove
 flow's time (the slowest process's ``elapsed_s``, from cluster start to end of input;
 process start-up, imports and range resolution excluded; best of the repeats). The
 decisions of every run are compared byte for byte (wall-clock fields zeroed) with the
-first one-process run. Target: 2 processes >= 1.6x one.
+first one-process run; runs that differ are summarized (how many decisions, which fields,
+which reason codes). Target: 2 processes >= 1.6x one.
 
 Caveat: the embedded broker runs on the same machine and shares its cores with the flow
 processes; with 2 cores, two flow processes plus the broker cannot reach 2x.
@@ -136,6 +137,25 @@ def canonical_decisions(settings: Settings, topic: str, n: int, timeout: float =
     return [codec.encode("RiskScore", r | WALL_CLOCK) for r in records]
 
 
+def differences(settings: Settings, reference: list[bytes], got: list[bytes]) -> dict[str, Any]:
+    """How many decisions differ from the reference, by field, and the reason codes involved."""
+    codec = codec_for(settings)
+    fields: dict[str, int] = {}
+    codes: set[str] = set()
+    n = 0
+    for x, y in zip(reference, got, strict=True):
+        if x == y:
+            continue
+        n += 1
+        a, b = codec.decode("RiskScore", x), codec.decode("RiskScore", y)
+        for k in a:
+            if str(a[k]) != str(b[k]):
+                fields[k] = fields.get(k, 0) + 1
+        ra, rb = a["reasons"], b["reasons"]
+        codes |= {r["code"] for r in ra if r not in rb} | {r["code"] for r in rb if r not in ra}
+    return {"decisions": n, "fields": fields, "reason_codes": sorted(codes)}
+
+
 def _load(avg: tuple[float, float, float]) -> str:
     return ", ".join(f"{x:.2f}" for x in avg)
 
@@ -170,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[int, list[ClusterRun]] = {1: [], 2: []}
         reference: list[bytes] | None = None
         identical = True
+        mismatches: list[dict[str, Any]] = []
         for i in range(args.repeats):
             for n in (1, 2):
                 run = run_cluster(settings, n, f"scaleout.out.p{n}.r{i}")
@@ -177,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
                 got = canonical_decisions(settings, run.out_topic, proposals)
                 reference = reference or got
                 identical &= got == reference
+                if got != reference:
+                    diff = differences(settings, reference, got)
+                    mismatches.append({"processes": n, "repeat": i, **diff})
+                    print(f"  differing: {diff}")
                 print(
                     f"  {n} process(es): {run.events_per_s:,.0f} events/s (flow"
                     f" {run.flow_s:.2f} s, wall {run.wall_s:.2f} s), identical: {got == reference}"
@@ -196,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "target_ratio": TARGET,
         "target_met": ratio >= TARGET,
         "decisions_identical": identical,
+        "mismatches": mismatches,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "note": "the embedded broker shares the machine's cores with the flow processes",
@@ -207,6 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         ("2 processes, events/s (best of repeats)", f"{best[2].events_per_s:,.0f}"),
         ("ratio 2 / 1 (target >= 1.6)", f"{ratio:.2f} ({'met' if ratio >= TARGET else 'NOT met'})"),
         ("decisions identical (every run vs the first)", str(identical)),
+        (
+            "differing decisions per run (fields; reason codes)",
+            "; ".join(
+                f"{m['processes']}p r{m['repeat']}: {m['decisions']:,} ({', '.join(m['fields'])};"
+                f" {', '.join(m['reason_codes'])})"
+                for m in mismatches
+            )
+            or "none",
+        ),
         (
             "load average before / after (1, 5, 15 min)",
             f"{_load(load_before)} / {_load(load_after)}",

@@ -150,9 +150,12 @@ def kafka_flow(
     )
     consumer = consumer_config(settings)
     fenced = [topics.name(role) for role in ("control", "executions", "instruments")]
+    proposals = topics.name("proposals")
+    parts = list_partitions(consumer, [*fenced, proposals])
     config = replace(
         settings.engine_config(wait_for_data=wait_for_data),
-        fence=tuple(list_partitions(consumer, fenced)),
+        fence=tuple(p for p in parts if p[0] != proposals),
+        proposal_parts=tuple(p for p in parts if p[0] == proposals),
     )
     source = RiskSource(
         consumer, list(topics.input_kinds()), from_end=from_end, tail=tail,

@@ -3,9 +3,7 @@
 Each partition yields its messages and, when it has nothing new, a ``SourceIdle`` marker
 (at most every ``idle_every_ns``): live, "caught up as of this wall-clock time"; at the
 end of a bounded read, "no more data" (``END``). Markers travel the same path as the
-partition's data, after it, so downstream steps can fence on them. Live, all partitions a
-worker reads share one consumer (one fetch session with the broker, polled at most once
-per round of the worker's partitions); bounded reads use one consumer per partition.
+partition's data, after it, so downstream steps can fence on them.
 
 Optional per-partition ``start_offsets`` and ``end_offsets`` (replays of a time range) read
 ``[start, end)``: a partition ends, with ``END``, once it has read the message before
@@ -16,9 +14,7 @@ transaction marker that is never delivered). Find end offsets by consuming (see
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -42,6 +38,10 @@ def _offset(msg: Message) -> int:
     return msg.offset() or 0
 
 
+_BACKOFF = timedelta(milliseconds=1)
+"""How long a partition whose last poll was empty waits before the next (polls don't block)."""
+
+
 def _part_name(topic: str, partition: int) -> str:
     return f"{partition}-{topic}"
 
@@ -61,55 +61,10 @@ def list_partitions(
     return out
 
 
-class _SharedConsumer:
-    """One consumer for every partition a worker reads: one fetch session, not one per partition.
-
-    A poll takes what librdkafka has fetched for all of them and files each message (and
-    each partition-EOF event) under its partition; partitions take their own.
-    """
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.consumer = Consumer(config)
-        self.buffers: dict[tuple[str, int], list[Message]] = {}
-        self.polls = 0
-        self.polled_ns = 0
-        """Wall clock just before the last poll: what it returned covers appends up to then."""
-
-    def add(self, topic: str, partition: int, offset: int) -> None:
-        self.buffers[(topic, partition)] = []
-        self.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
-
-    def remove(self, topic: str, partition: int) -> None:
-        if self.buffers.pop((topic, partition), None) is not None:
-            self.consumer.incremental_unassign([TopicPartition(topic, partition)])
-
-    def poll(self, per_partition: int) -> None:
-        self.polls += 1
-        self.polled_ns = time.time_ns()
-        limit = min(_MAX_POLL, per_partition * max(1, len(self.buffers)))
-        buffers = self.buffers
-        for m in self.consumer.consume(limit, 0):
-            buf = buffers.get((m.topic(), m.partition()))  # type: ignore[arg-type]
-            if buf is not None:  # errors without a partition are transient: librdkafka retries
-                buf.append(m)
-
-    def take(self, key: tuple[str, int]) -> list[Message]:
-        msgs = self.buffers.get(key)
-        if not msgs:
-            return []
-        self.buffers[key] = []
-        return msgs
-
-
-_MAX_POLL = 100_000
-_BACKOFF = timedelta(milliseconds=1)
-"""How long a partition whose last poll was empty waits before the next (polls don't block)."""
-
-
 class _Partition(StatefulSourcePartition[Any, int]):
     def __init__(
         self,
-        shared: _SharedConsumer,
+        config: dict[str, Any],
         topic: str,
         partition: int,
         offset: int,
@@ -117,11 +72,9 @@ class _Partition(StatefulSourcePartition[Any, int]):
         tail: bool,
         idle_every_ns: int,
         end: int | None = None,
-        on_close: Callable[[], None] | None = None,
     ) -> None:
-        self._shared = shared
-        self._key = (topic, partition)
-        shared.add(topic, partition, offset)
+        self._consumer = Consumer(config)
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._partition = topic, partition
         self._offset = offset
         self._batch_size = batch_size
@@ -132,13 +85,10 @@ class _Partition(StatefulSourcePartition[Any, int]):
         self._next_lag = 0.0
         self._end = end
         self._done = False
-        self._seen_polls = -1
-        self._on_close = on_close
         self._awake: datetime | None = None
 
     def _finish(self, batch: list[Any]) -> list[Any]:
         self._done = True
-        self._shared.remove(self._topic, self._partition)
         batch.append(SourceIdle(self._topic, self._partition, END_OF_TIME))
         return batch
 
@@ -152,7 +102,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
         """
         if not self._live:
             tp = TopicPartition(self._topic, self._partition)
-            low, high = self._shared.consumer.get_watermark_offsets(tp, cached=True)
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             here = {OFFSET_BEGINNING: low, OFFSET_END: high}.get(self._offset, self._offset)
             self._live = 0 <= high <= here
         return self._live
@@ -164,24 +114,10 @@ class _Partition(StatefulSourcePartition[Any, int]):
             return
         self._next_lag = now + 1.0
         tp = TopicPartition(self._topic, self._partition)
-        _, high = self._shared.consumer.get_watermark_offsets(tp, cached=True)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
         if high >= 0:
             lag = max(0, high - self._offset)
             metrics.INPUT_LAG.labels(self._topic, str(self._partition)).set(lag)
-
-    def _messages(self) -> list[Message]:
-        """Messages of this partition since its last call, polling at most once per round.
-
-        A round is one call of every partition of the worker: a partition polls the
-        shared consumer only when none has since its own previous call.
-        """
-        shared = self._shared
-        msgs = shared.take(self._key)
-        if not msgs and shared.polls == self._seen_polls:
-            shared.poll(self._batch_size)
-            msgs = shared.take(self._key)
-        self._seen_polls = shared.polls
-        return msgs
 
     def next_batch(self) -> list[Any]:
         if self._done:
@@ -190,7 +126,8 @@ class _Partition(StatefulSourcePartition[Any, int]):
         end = self._end
         if end is not None and self._offset >= end:
             return self._finish([])
-        msgs = self._messages()
+        polled_ns = time.time_ns()
+        msgs = self._consumer.consume(self._batch_size, 0)
         # nothing there: let the worker run its other steps (or sleep) for a while
         self._awake = None if msgs else datetime.now(UTC) + _BACKOFF
         good, finished = self._usable(msgs)
@@ -200,12 +137,10 @@ class _Partition(StatefulSourcePartition[Any, int]):
             self._offset = _offset(good[-1]) + 1
         if finished or (end is not None and self._offset >= end):
             return self._finish(batch)
-        if not batch and self._tail and self._caught_up():
-            now = time.time_ns()
-            if now >= self._next_idle:
-                self._next_idle = now + self._idle_every_ns
-                # nothing of this partition in the last poll: caught up as of that poll
-                batch.append(SourceIdle(self._topic, self._partition, self._shared.polled_ns))
+        if not batch and self._tail and polled_ns >= self._next_idle and self._caught_up():
+            self._next_idle = polled_ns + self._idle_every_ns
+            # nothing in the poll: caught up as of the poll
+            batch.append(SourceIdle(self._topic, self._partition, polled_ns))
         return batch
 
     def _usable(self, msgs: list[Message]) -> tuple[list[Message], bool]:
@@ -245,9 +180,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
         return self._offset
 
     def close(self) -> None:
-        self._shared.remove(self._topic, self._partition)
-        if self._on_close is not None:
-            self._on_close()
+        self._consumer.close()
 
 
 class RiskSource(FixedPartitionedSource[Any, int]):
@@ -286,8 +219,6 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         self.end_offsets = dict(end_offsets or {})
         if self.end_offsets:
             self.config["enable.partition.eof"] = True
-        self._shared: dict[tuple[int, tuple[str, int] | None], _SharedConsumer] = {}
-        self._lock = threading.Lock()
 
     def list_parts(self) -> list[str]:
         return [_part_name(t, p) for t, p in list_partitions(self.config, self.topics)]
@@ -296,18 +227,8 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         index, topic = for_part.split("-", 1)
         part = (topic, int(index))
         offset = self.start_offsets.get(part, self.start) if resume_state is None else resume_state
-        # Live, a worker's partitions share one consumer (Bytewax builds and polls them on
-        # the worker's thread). Bounded reads keep one per partition: a shared queue hands
-        # out whole fetches of one partition at a time, so one partition's reading could
-        # run far ahead of the others' in event time.
-        bounded = part in self.end_offsets or not self.tail
-        worker = (threading.get_ident(), part if bounded else None)
-        with self._lock:
-            shared = self._shared.get(worker)
-            if shared is None:
-                shared = self._shared[worker] = _SharedConsumer(dict(self.config))
         return _Partition(
-            shared,
+            dict(self.config),
             topic,
             int(index),
             offset,
@@ -315,13 +236,4 @@ class RiskSource(FixedPartitionedSource[Any, int]):
             self.tail,
             self.idle_every_ns,
             self.end_offsets.get(part),
-            on_close=lambda: self._release(worker),
         )
-
-    def _release(self, worker: tuple[int, tuple[str, int] | None]) -> None:
-        """Close a worker's consumer once its last partition has closed."""
-        with self._lock:
-            shared = self._shared.get(worker)
-            if shared is not None and not shared.buffers:
-                del self._shared[worker]
-                shared.consumer.close()

@@ -20,6 +20,7 @@ from operators.control_gate import ControlGateLogic
 from operators.ingest import parse_batch
 from operators.instrument import InstrumentLogic
 from operators.market import MarketConfig, MarketLogic, RegimeOut, regime_write
+from operators.order_rate import OrderRateLogic, by_partition, proposal_lane
 from operators.portfolio import ShardLogic
 from operators.records import (
     AutoControl,
@@ -29,16 +30,14 @@ from operators.records import (
     Mark,
     Progress,
     StateWrite,
-    TickBatch,
 )
 from operators.routing import (
-    instrument_input,
-    instrument_key,
     is_control_lane,
     is_decoded,
     is_execution_lane,
     is_reference,
     only,
+    to_instruments,
     to_shards,
 )
 from schemas.codec import Codec
@@ -71,7 +70,7 @@ def build_pretrade_flow(
     control = op.branch("control_lane", decoded.trues, is_control_lane)
     commands = cast("Stream[Inbound | Progress]", control.trues)  # commands and their progress
     fills = op.branch("execution_lane", control.falses, is_execution_lane)
-    market = fills.falses  # records, ticks and reference progress
+    market = fills.falses  # records, ticks, reference and proposal progress
 
     gate = op.stateful_batch(
         "control_gate",
@@ -80,16 +79,21 @@ def build_pretrade_flow(
     )
     gated = op.branch("gate_ok", op.map("gate_values", gate, lambda kv: kv[1]), is_decoded)
 
+    # proposals and their progress: counted for the order rate in each partition's order
+    lanes = op.branch("proposal_lane", market, proposal_lane)
+    counted = op.stateful_batch(
+        "order_rate",
+        op.flat_map("rate_route", lanes.trues, by_partition),
+        lambda s: OrderRateLogic(config, s),
+    )
+    instrument_in = op.merge(
+        "instrument_in", lanes.falses, op.map("rate_values", counted, lambda kv: kv[1])
+    )
+    # records, ticks and proposal progress: one path, so each partition's order is kept
+    to_instrument = partial(to_instruments, shards=config.instrument_shards)
     by_instrument = op.stateful_batch(
         "instrument",
-        op.key_on(
-            "instrument_key",
-            cast(
-                "Stream[Inbound | TickBatch]",
-                op.filter_map("instrument_inputs", market, instrument_input),
-            ),
-            instrument_key,
-        ),
+        op.flat_map("instrument_route", instrument_in, to_instrument),
         lambda s: InstrumentLogic(config, s),
     )
     priced = op.map("instrument_values", by_instrument, lambda kv: kv[1])

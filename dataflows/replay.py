@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from dataflows.settings import INPUT_KINDS, LimitSettings, Settings
 from operators.errors import ConfigError, InfrastructureError
-from operators.records import DeadLetterItem, Decided, MessageBlock, StateWrite
+from operators.records import PROPOSAL, DeadLetterItem, Decided, MessageBlock, StateWrite
 
 log = logging.getLogger(__name__)
 
@@ -915,6 +915,9 @@ def replay_flow(
         config,
         fence=tuple(
             (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) in fenced
+        ),
+        proposal_parts=tuple(
+            (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) == PROPOSAL
         ),
     )
     source = RiskSource(

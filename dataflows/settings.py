@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     """Address the metrics endpoint binds (0.0.0.0 in containers)."""
     batch_size: int = Field(1000, ge=1)
     fetch_wait_max_ms: int = Field(20, ge=2)
+    idle_margin_ms: float | None = Field(None, ge=0)
+    """Live: a caught-up partition counts as progressed to its last poll minus this. Unset:
+    ``fetch_wait_max_ms`` + 10 (the newest fetch response a poll sees can be a whole fetch
+    wait old, and a producer stamps a record a few ms before the broker appends it)."""
     model_dir: Path | None = None
     """Live model set: a directory with manifest.json and its artifacts; unset: the shipped
     models/artifacts. Verified (every sha256) at start-up; a mismatch is refused."""
@@ -178,8 +182,16 @@ class Settings(BaseSettings):
             stale_after_ns=int(self.stale_after_s * NS),
             max_wait_ns=int(self.max_wait_ms * 1e6),
             lateness_ns=int(self.allowed_lateness_ms * 1e6),
+            idle_margin_ns=int(self.idle_margin * 1e6),
             wait_for_data=wait_for_data,
         )
+
+    @property
+    def idle_margin(self) -> float:
+        """Milliseconds an idle marker stays behind its poll (see ``idle_margin_ms``)."""
+        if self.idle_margin_ms is not None:
+            return self.idle_margin_ms
+        return self.fetch_wait_max_ms + 10.0
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

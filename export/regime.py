@@ -2,20 +2,24 @@
 
 ``python -m export.regime`` reads a training run (``build/regime_tft`` by default, written
 by ``python -m models.regime_tft``; ``--train`` or ``--quick`` trains first), exports
-:class:`LeanRegimeTFT` (``encoder_cont [B, 32, F] float32 -> probabilities [B, 7]``, the
-softmax of the next-bar logits, dynamic batch axis, opset 17, TorchScript exporter),
+:class:`LeanRegimeTFT` (``encoder_cont [B, 32, 22] float32 -> probabilities [B, 7]``: 15
+scaled market features and the one-hot causal label of each bar; the softmax of the
+next-bar logits, persistence prior included, dynamic batch axis, opset 17, TorchScript exporter),
 compares ONNX Runtime with the PyTorch model (``RegimeTFTExport``, pytorch-forecasting's
 own forward) on every held-out window, refuses to register when the largest absolute
 probability difference reaches :data:`PARITY_TOLERANCE`, and writes the artifact plus its
 ``ArtifactEntry`` (sha256, tensor specs, metrics, scaling) to ``models/artifacts``.
 
 :class:`LeanRegimeTFT` computes the same function as pytorch-forecasting's forward with
-the same weights in far fewer ONNX nodes (219 instead of 1538; after ONNX Runtime's
-optimisations 146 instead of 918, 127 instead of 596 with the batch pinned), and per-node
-overhead is what batch-1 latency is made of. The 16 per-variable prescalers and GRNs of
-the encoder variable selection run as one stacked batched MatMul chain instead of 16
-small graphs; what does not depend on the input (static contexts, initial LSTM state,
-the decoder step's embedding, the attention mask) is computed once at export and stored
+the same weights in far fewer ONNX nodes (246 with the 22 inputs and the persistence
+prior; 219 instead of 1538 measured with the earlier 15 inputs, after ONNX Runtime's
+optimisations 146 instead of 918), and per-node overhead is what batch-1 latency is made
+of. The 16 per-variable prescalers and GRNs of the time index and the 15 features run as
+one stacked batched MatMul chain instead of 16 small graphs; the 7 label channels only
+take the values 0..3, so their GRN outputs are a (7 x 4, 64) table computed at export
+and gathered (exact: the same function, 15 % less batch-1 time than running their
+GRNs); what does not depend on the input (static contexts, initial LSTM state, the
+decoder step's embedding, the attention mask) is computed once at export and stored
 as constants; the four attention heads run as one batched product over the 32 encoder
 steps (the decoder step's causal mask hides itself exactly), averaging the heads'
 weights before the shared value projection. At batch 64, where arithmetic rather than
@@ -43,6 +47,7 @@ from torch import nn
 
 from export.manifest import ARTIFACTS, MANIFEST, ArtifactEntry, TensorSpec, register, sha256_file
 from models.market_features import MARKET_FEATURES, WARMUP_BARS
+from models.regime_runtime import INPUT_CHANNELS, LABEL_CHANNELS, PENDING_WEIGHT
 from models.regime_tft import (
     DEFAULT_RUN_DIR,
     ENCODER_LENGTH,
@@ -61,6 +66,8 @@ if TYPE_CHECKING:
     from pytorch_forecasting import TemporalFusionTransformer
 
 PARITY_TOLERANCE = 1e-4
+N_LABEL_VALUES = 4
+"""Values a label channel takes: 0, 1 (label), 2 (pending label), 3 (both)."""
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "encoder_cont", "probabilities"
 ARTIFACT_FILE = f"{MODEL_NAME}.onnx"
@@ -78,12 +85,14 @@ class ExportShapeError(RiskstreamError):
 
 
 class LeanRegimeTFT(nn.Module):
-    """``encoder_cont [B, T, F] -> probabilities [B, 7]``, the TFT's forward in few graph nodes.
+    """``encoder_cont [B, T, F + 7] -> probabilities [B, 7]``, the TFT's forward in few nodes.
 
     The same function as ``RegimeTFTExport`` (full-length encoder windows, one decoder
-    step with ``relative_time_idx`` 0, no static or categorical variables), built from the
-    TFT's own weights and submodules: per-variable encoder GRNs stacked into batched
-    matrices, input-independent parts precomputed as buffers, attention heads batched.
+    step with ``relative_time_idx`` 0, no static or categorical variables, plus
+    :class:`~models.regime_tft.RegimeTFT`'s persistence prior: the log transition row of
+    the last bar's one-hot label added to the logits), built from the TFT's own weights
+    and submodules: per-variable encoder GRNs stacked into batched matrices,
+    input-independent parts precomputed as buffers, attention heads batched.
     """
 
     def __init__(self, tft: TemporalFusionTransformer) -> None:
@@ -99,6 +108,8 @@ class LeanRegimeTFT(nn.Module):
             or names[0] != "relative_time_idx"
             or tft.decoder_variables != ["relative_time_idx"]
             or set(vsn.prescalers) != set(names)
+            or names[1:] != list(INPUT_CHANNELS)
+            or not hasattr(tft, "log_transition")
         ):
             raise ExportShapeError(f"{MODEL_NAME}: unexpected TFT variables {names}")
         grns = [vsn.single_variable_grns[n] for n in names]
@@ -151,27 +162,60 @@ class LeanRegimeTFT(nn.Module):
                 "bq": torch.cat([q.bias for q in mha.q_layers]),
                 "wk": torch.cat([k.weight for k in mha.k_layers]).T,
                 "bk": torch.cat([k.bias for k in mha.k_layers]),
+                "log_transition": tft.log_transition.detach().to(torch.float32),
             }
         for name, value in buffers.items():
             self.register_buffer(name, value.detach().clone().contiguous())
         self.n_vars, self.width, self.steps, self.hidden = len(names), width, steps, hidden
-        self.n_head, self.d_k = int(mha.n_head), int(mha.d_k)
+        self.label_lo = len(MARKET_FEATURES)
         self.eps = float(grns[0].resample_norm.norm.eps)
+        with torch.no_grad():
+            table = self._label_table()
+        offsets = torch.arange(N_CLASSES, dtype=torch.int64) * N_LABEL_VALUES
+        self.register_buffer("label_table", table.detach().clone().contiguous())
+        self.register_buffer("label_offsets", offsets)
+        self.n_head, self.d_k = int(mha.n_head), int(mha.d_k)
 
     def _buf(self, name: str) -> torch.Tensor:
         value: torch.Tensor = getattr(self, name)
         return value
 
+    def _grns(self, emb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Variable GRNs ``lo:hi`` of prescaled inputs ``emb`` (hi - lo, N, width): (.., N, H)."""
+        b, hidden = self._buf, self.hidden
+
+        def w(name: str) -> torch.Tensor:
+            return b(name)[lo:hi]
+
+        skip = F.layer_norm(emb @ w("wr"), (hidden,), eps=self.eps) * w("rn_w") + w("rn_b")
+        h = F.elu(emb @ w("w1") + w("b1")) @ w("w2") + w("b2")
+        y = F.glu(h @ w("wg") + w("bg"), dim=-1) + skip
+        return F.layer_norm(y, (hidden,), eps=self.eps) * w("an_w") + w("an_b")
+
+    def _label_table(self) -> torch.Tensor:
+        """GRN outputs of the label variables for their only values 0..3: (7 * 4, H)."""
+        b = self._buf
+        lo = self.n_vars - N_CLASSES
+        values = torch.arange(N_LABEL_VALUES, dtype=torch.float32).view(1, -1, 1)
+        emb = values * b("wp")[lo:] + b("bp")[lo:]  # (7, 4, width)
+        return self._grns(emb, lo, self.n_vars).reshape(-1, self.hidden)
+
     def _encoder_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder variable selection of ``x`` (B, T, V): (B, T, H)."""
+        """Encoder variable selection of ``x`` (B, T, V): (B, T, H).
+
+        The label variables take only the values 0..3 (:func:`label_channels`), so their
+        GRN outputs are looked up in a table computed once (the same function: one Gather
+        instead of seven GRNs); the other variables run their GRNs.
+        """
         b = self._buf
         hidden = self.hidden
+        n_cont = self.n_vars - N_CLASSES
         xv = x.reshape(-1, self.n_vars).T.unsqueeze(-1)  # (V, B*T, 1)
         emb = xv * b("wp") + b("bp")  # (V, N, width): the prescalers
-        skip = F.layer_norm(emb @ b("wr"), (hidden,), eps=self.eps) * b("rn_w") + b("rn_b")
-        h = F.elu(emb @ b("w1") + b("b1")) @ b("w2") + b("b2")
-        y = F.glu(h @ b("wg") + b("bg"), dim=-1) + skip
-        y = F.layer_norm(y, (hidden,), eps=self.eps) * b("an_w") + b("an_b")  # (V, N, H)
+        y_cont = self._grns(emb[:n_cont], 0, n_cont)  # (V - 7, N, H)
+        codes = x.reshape(-1, self.n_vars)[:, n_cont:].to(torch.int64) + b("label_offsets")
+        y_lab = b("label_table")[codes].transpose(0, 1)  # (7, N, H)
+        y = torch.cat([y_cont, y_lab], dim=0)
         flat = emb.transpose(0, 1).reshape(-1, self.n_vars * self.width)
         selection = self.tft.encoder_variable_selection.flattened_grn(flat, b("ctx_vs"))
         weights = torch.softmax(selection, dim=-1).T.unsqueeze(-1)  # (V, N, 1)
@@ -202,7 +246,13 @@ class LeanRegimeTFT(nn.Module):
         mha = tft.multihead_attn
         attn_out = tft.post_attn_gate_norm(mha.w_h(scores @ mha.v_layer(keys)), query)
         out = tft.pre_output_gate_norm(tft.pos_wise_ff(attn_out), lstm_dec)
-        return torch.softmax(tft.output_layer(out)[:, 0, :], dim=-1)
+        # RegimeTFT's persistence prior: the log transition row of the last bar's pending
+        # label (its label channels >= 2)
+        pending = (encoder_cont[:, -1, self.label_lo :] >= PENDING_WEIGHT - 0.5).to(
+            encoder_cont.dtype
+        )
+        prior = pending @ b("log_transition")
+        return torch.softmax(tft.output_layer(out)[:, 0, :] + prior, dim=-1)
 
 
 def _stack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -214,7 +264,7 @@ def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
     import onnx
 
     wrapper = LeanRegimeTFT(model).eval()
-    example = torch.zeros(2, ENCODER_LENGTH, len(MARKET_FEATURES), dtype=torch.float32)
+    example = torch.zeros(2, ENCODER_LENGTH, len(INPUT_CHANNELS), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / ARTIFACT_FILE
@@ -277,7 +327,7 @@ def export_run(
 ) -> ArtifactEntry:
     """Export ``run``, check parity on its held-out windows, write and register the artifact."""
     model_bytes = onnx_bytes(run.model, version)
-    scaled = run.scaling.apply(run.holdout_windows)
+    scaled = run.model_input()
     parity = parity_max_abs(run.model, model_bytes, scaled)
     if not parity < tolerance:
         raise ParityError(
@@ -297,7 +347,7 @@ def export_run(
         version=version,
         file=ARTIFACT_FILE,
         sha256=sha256_file(path),
-        inputs=[TensorSpec(INPUT_NAME, "float32", [None, ENCODER_LENGTH, len(MARKET_FEATURES)])],
+        inputs=[TensorSpec(INPUT_NAME, "float32", [None, ENCODER_LENGTH, len(INPUT_CHANNELS)])],
         outputs=[TensorSpec(OUTPUT_NAME, "float32", [None, N_CLASSES])],
         metrics=metrics,
         extra=_extra(run),
@@ -306,13 +356,48 @@ def export_run(
     return entry
 
 
+def training_data(run: SavedRun) -> dict[str, Any]:
+    """The run's canonical training-data description and its fingerprint (sha256).
+
+    The same description ``python -m models.evaluate`` records (it rebuilds the splits of
+    the run's configuration), so a fresh export already carries the fingerprint.
+    """
+    from models.evaluate import fingerprint, regime_description
+    from models.market_features import market_bars_from_real
+    from models.regime_tft import build_splits
+
+    raw = run.meta.get("config", {})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    config = TrainConfig(**fields)
+    dates = market_bars_from_real().index if config.use_real else None
+    description = regime_description(config, build_splits(config), dates)
+    return {"training_data_fingerprint": fingerprint(description), "training_data": description}
+
+
 def _extra(run: SavedRun) -> dict[str, Any]:
     config = run.meta.get("config", {})
     return {
+        **training_data(run),
         "features": list(MARKET_FEATURES),
         "feature_module": "models.market_features.MarketFeatures",
+        "label_channels": list(LABEL_CHANNELS),
+        "input_channels": list(INPUT_CHANNELS),
+        "input_note": "encoder_cont[..., :15] = scaled features, encoder_cont[..., 15:] ="
+        " label channels of each bar by the causal labeler below: 1 on the bar's label + 2 on"
+        " its pending label (3: no switch pending) (models.regime_runtime.encoder_input,"
+        " RegimeWindow)",
+        "labeler": run.meta["labeler"],
+        "labeler_module": "models.labeler.StreamingLabeler (= RegimeLabeler.label, causal)",
+        "persistence_prior": {
+            "note": "logits = TFT logits + log_transition[pending label of the last bar];"
+            " log_transition"
+            " = log training transition matrix of the observed labels (models.regime_tft."
+            "transition_log_prior, kind = training.prior)",
+            "log_transition": run.model.log_transition.detach().double().numpy().tolist(),
+        },
         "scaling": run.scaling.to_dict(),
-        "scaling_note": "raw features -> clip((x - mean) / std, -clip, clip), float32",
+        "scaling_note": "raw features -> clip((x - mean) / std, -clip, clip), float32;"
+        " label channels are not scaled",
         "encoder_length": ENCODER_LENGTH,
         "warmup_bars": WARMUP_BARS,
         "regimes": [r.value for r in REGIMES],
@@ -325,10 +410,16 @@ def _extra(run: SavedRun) -> dict[str, Any]:
             "real_train_end": config.get("real_train_end"),
             "real_val_end": config.get("real_val_end"),
             "use_real": config.get("use_real"),
+            "prior": config.get("prior"),
+            "balance_sources": config.get("balance_sources"),
+            "max_epochs": config.get("max_epochs"),
+            "limit_train_batches": config.get("limit_train_batches"),
+            "epochs_run": run.metrics.get("epochs"),
             "train_seconds": run.meta.get("train_seconds"),
         },
-        "baseline": "statsmodels MarkovRegression(k=3, switching_variance) filtered probabilities"
-        " mapped to regimes by training co-occurrence",
+        "baseline": "persistence of the observed label (the labeler's label at t); statsmodels"
+        " MarkovRegression(k=3, switching_variance) filtered probabilities mapped to regimes by"
+        " training co-occurrence",
         "confusion_test": run.meta.get("report", {}).get("confusion", {}),
     }
 

@@ -10,8 +10,10 @@ regime_tft (next-bar regime, 7 classes)
     accuracy, macro-F1, confusion matrix, expected calibration error (10 equal-width bins
     of the top-label probability), log-loss and transition accuracy (accuracy on the
     windows whose target regime differs from the regime of the window's last bar), for
-    the TFT, persistence (next = current label; its probabilities are the training
-    transition-matrix row of the current label), a causal statsmodels
+    the TFT, persistence (next = the *observed* label at ``t``, the causal labeler's label
+    that serving computes too; its probabilities are the training row P(target of t+1 |
+    observed label at t)), the latent-truth persistence as an oracle reference (the
+    simulator's true regime at ``t``, never observed when serving), a causal statsmodels
     ``MarkovRegression`` (3 states, switching variance, fitted on the training returns,
     *filtered* probabilities mapped to the regimes by the training co-occurrence, as
     :func:`models.regime_tft.markov_baseline` does, but with a seeded start search),
@@ -293,10 +295,12 @@ class ClassifierScores:
 
 REGIME_FORECASTERS: tuple[tuple[str, str], ...] = (
     ("tft", "TFT (ONNX, shipped)"),
-    ("persistence", "Persistence (next = current label)"),
+    ("persistence", "Persistence (next = observed label at t)"),
     ("markov", "Markov-switching (MarkovRegression, filtered)"),
     ("labeler", "Labeler at t (causal, calibrated)"),
     ("majority", "Majority class (training prior)"),
+    ("pending", "Labeler's pending label at t (causal; the TFT's prior index)"),
+    ("oracle", "Oracle reference: latent true regime at t (not observable, not a target)"),
 )
 
 
@@ -311,6 +315,8 @@ class RegimeEvaluation:
     persistence_argmax_is_current: bool
     sha256: str
     version: str
+    reads_labels: bool = True
+    """The artifact takes the observed labels as inputs."""
 
 
 def _calibrate(states: FloatArray, target: IntArray) -> FloatArray:
@@ -320,24 +326,44 @@ def _calibrate(states: FloatArray, target: IntArray) -> FloatArray:
     return calibrate(states, target)
 
 
-def transition_probabilities(series: Sequence[Any]) -> FloatArray:
-    """``(7, 7)`` P(label of t+1 | label of t) over the training windows (+0.5 smoothing)."""
+def _current(s: Any, observed: bool | str) -> IntArray:
+    """Each window's last-bar label.
+
+    Observed (the causal labeler's, ``True``), its pending label (``"pending"``) or the
+    latent truth (``False``).
+    """
+    if observed == "pending":
+        return np.asarray(s.pending[s.ends], dtype=np.int64)
+    return np.asarray(s.observed[s.ends] if observed else s.labels[s.ends], dtype=np.int64)
+
+
+def transition_probabilities(series: Sequence[Any], observed: bool | str = True) -> FloatArray:
+    """``(7, 7)`` P(target of t+1 | label of t) over the training windows (+0.5 smoothing).
+
+    The label of ``t`` is the observed one (``observed``) or the latent true one.
+    """
     one_hot = np.eye(N_CLASSES)
-    current = np.concatenate([one_hot[s.labels[s.ends]] for s in series])
+    current = np.concatenate([one_hot[_current(s, observed)] for s in series])
     target = np.concatenate([s.labels[s.ends + 1] for s in series])
     return _calibrate(current, target)
 
 
-def persistence_baseline(train: Sequence[Any], test: Sequence[Any]) -> dict[str, FloatArray]:
-    """Per test series, the training transition-matrix row of each window's last label."""
+def persistence_baseline(
+    train: Sequence[Any], test: Sequence[Any], observed: bool | str = True
+) -> dict[str, FloatArray]:
+    """Per test series, the training transition-matrix row of each window's last label.
+
+    ``observed``: the label serving observes (the causal labeler's label at ``t``: the
+    persistence baseline); otherwise the latent true regime (the oracle reference).
+    """
     out: dict[str, FloatArray] = {}
     for source in sorted({s.source for s in test}):
         fit = [s for s in train if s.source == source]
         if not fit:
             continue
-        matrix = transition_probabilities(fit)
+        matrix = transition_probabilities(fit, observed)
         for s in (t for t in test if t.source == source):
-            out[s.name] = matrix[s.labels[s.ends]]
+            out[s.name] = matrix[_current(s, observed)]
     return out
 
 
@@ -392,11 +418,14 @@ def _series_span(s: Any, dates: pd.DatetimeIndex | None) -> dict[str, Any]:
 def regime_description(config: Any, splits: Any, dates: pd.DatetimeIndex | None) -> dict[str, Any]:
     """Canonical description of the TFT's data (what its fingerprint hashes)."""
     from models.market_features import MARKET_FEATURES
-    from models.regime_runtime import ENCODER_LENGTH
+    from models.regime_runtime import ENCODER_LENGTH, LABEL_CHANNELS
 
     desc: dict[str, Any] = {
         "model": REGIME_MODEL,
         "features": list(MARKET_FEATURES),
+        "label_channels": list(LABEL_CHANNELS),
+        "observed_labels": "models.labeler.RegimeLabeler (causal) fitted on the real training"
+        " span (simulator training series without real data), over each whole series",
         "encoder_length": ENCODER_LENGTH,
         "simulator": {
             "generator": "models.simulator.MarketSimulator(seed).path(bars)",
@@ -428,7 +457,7 @@ def regime_description(config: Any, splits: Any, dates: pd.DatetimeIndex | None)
 def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
     """Score the shipped TFT and its baselines on the training code's test split."""
     from models.market_features import market_bars_from_real
-    from models.regime_runtime import MODEL_NAME, predict_proba
+    from models.regime_runtime import MODEL_NAME, labeler_from_extra, predict_proba, reads_labels
     from models.regime_tft import build_splits, labeler_baseline
     from models.runtime import load_model
 
@@ -437,23 +466,46 @@ def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
     if not quick:
         _check_regime_config(config, model.entry)
     splits = build_splits(config)
+    shipped = labeler_from_extra(model.entry.extra)
+    if shipped is not None:
+        # the observed labels are those of the labeler the artifact ships with
+        results = [shipped.label(s.features) for s in splits.test]
+        test = [
+            replace(s, observed=r.labels, pending=r.pending)
+            for s, r in zip(splits.test, results, strict=True)
+        ]
+        if not quick and not all(
+            np.array_equal(np.asarray(a.observed), np.asarray(b.observed))
+            and np.array_equal(np.asarray(a.pending), np.asarray(b.pending))
+            for a, b in zip(test, splits.test, strict=True)
+        ):
+            raise ValueError(f"{REGIME_MODEL}: the shipped labeler differs from the training one")
+        splits = replace(splits, test=test)
     dates = market_bars_from_real().index if config.use_real else None
     names = [s.name for s in splits.test]
     windows = np.concatenate([s.windows()[0] for s in splits.test])
+    labels = np.concatenate([s.label_windows() for s in splits.test])
     target = np.concatenate([s.labels[s.ends + 1] for s in splits.test])
-    current = np.concatenate([s.labels[s.ends] for s in splits.test])
+    truth_now = np.concatenate([s.labels[s.ends] for s in splits.test])
+    observed_now = labels[:, -1, 0]
+    pending_now = labels[:, -1, 1]
     source = np.concatenate([np.full(len(s.ends), s.source) for s in splits.test])
     proba = np.concatenate(
-        [predict_proba(model, windows[lo : lo + batch]) for lo in range(0, len(windows), batch)]
+        [
+            predict_proba(model, windows[lo : lo + batch], labels[lo : lo + batch])
+            for lo in range(0, len(windows), batch)
+        ]
     )
     train_targets = np.concatenate([s.labels[s.ends + 1] for s in splits.train])
     prior = np.bincount(train_targets, minlength=N_CLASSES) / len(train_targets)
     persistence = _stack(persistence_baseline(splits.train, splits.test), names)
+    oracle = _stack(persistence_baseline(splits.train, splits.test, observed=False), names)
     forecasts: dict[str, tuple[FloatArray, IntArray | None]] = {
         "tft": (proba, None),
-        # persistence predicts the current label; its probabilities are the training
-        # transition row of that label (whose argmax is that label: checked below)
-        "persistence": (persistence, current),
+        # persistence predicts the observed label at t; its probabilities are the training
+        # row P(target | observed label) (its argmax need not be that label in the
+        # simulator, where the targets are the latent true regimes)
+        "persistence": (persistence, observed_now),
         "markov": (
             _stack(
                 markov_baseline(
@@ -472,6 +524,13 @@ def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
             None,
         ),
         "majority": (np.tile(prior, (len(target), 1)), None),
+        # the labeler's pending label at t (causal; the index of the TFT's prior)
+        "pending": (
+            _stack(persistence_baseline(splits.train, splits.test, observed="pending"), names),
+            pending_now,
+        ),
+        # the latent true regime at t (simulator): a reference no forecaster can observe
+        "oracle": (oracle, truth_now),
     }
     scopes = {"all": np.ones(len(target), dtype=bool)}
     for src in ("real", "sim"):
@@ -480,7 +539,7 @@ def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
     scores = {
         scope: {
             name: ClassifierScores.of(
-                p[rows], target[rows], current[rows], None if pred is None else pred[rows]
+                p[rows], target[rows], truth_now[rows], None if pred is None else pred[rows]
             )
             for name, (p, pred) in forecasts.items()
         }
@@ -494,9 +553,10 @@ def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
         scores=scores,
         spans=spans,
         description=regime_description(config, splits, dates),
-        persistence_argmax_is_current=bool(np.all(persistence.argmax(axis=1) == current)),
+        persistence_argmax_is_current=bool(np.all(persistence.argmax(axis=1) == observed_now)),
         sha256=model.entry.sha256,
         version=model.entry.version,
+        reads_labels=reads_labels(model),
     )
 
 
@@ -607,6 +667,20 @@ def _sim_market_probs(
     )
 
 
+def observed_labels(model: Any, features: FloatArray) -> IntArray:
+    """The causal labels and pending labels (n, 2) of ``features`` by the shipped labeler.
+
+    All 0 for an artifact that reads no labels (they are then ignored).
+    """
+    from models.regime_runtime import labeler_from_extra
+
+    labeler = labeler_from_extra(model.entry.extra)
+    if labeler is None:
+        return np.zeros((len(features), 2), dtype=np.int64)
+    result = labeler.label(features)
+    return np.stack([result.labels, result.pending], axis=-1)
+
+
 def _window_probs(
     model: Any,
     features: FloatArray,
@@ -616,7 +690,11 @@ def _window_probs(
     predict: Any,
     windows_of: Any,
 ) -> tuple[FloatArray, BoolArray]:
-    """Probabilities of the windows ending at ``ends``; ``ok`` marks complete windows."""
+    """Probabilities of the windows ending at ``ends``; ``ok`` marks complete windows.
+
+    The windows' labels are those of :func:`observed_labels` over all of ``features``
+    (causal: a bar's label depends on the bars up to it only).
+    """
     finite = np.isfinite(features).all(axis=1)
     # a window is usable when its ``length`` rows are all finite
     run = np.concatenate([[0], np.cumsum(~finite)])
@@ -627,7 +705,14 @@ def _window_probs(
     unique = np.unique(ends[ok])
     if unique.size:
         x = windows_of(features, length, unique)
-        p = np.concatenate([predict(model, x[lo : lo + batch]) for lo in range(0, len(x), batch)])
+        codes = observed_labels(model, features)
+        lab = codes[unique[:, None] + np.arange(-length + 1, 1)[None, :]]
+        p = np.concatenate(
+            [
+                predict(model, x[lo : lo + batch], lab[lo : lo + batch])
+                for lo in range(0, len(x), batch)
+            ]
+        )
         out[ok] = p[np.searchsorted(unique, ends[ok])]
     return out, ok
 
@@ -800,7 +885,7 @@ def regime_metrics(ev: RegimeEvaluation) -> dict[str, float]:
     out: dict[str, float] = {}
     for scope, by_model in ev.scores.items():
         suffix = "" if scope == "all" else f"_{scope}"
-        for model in ("tft", "persistence", "markov"):
+        for model in ("tft", "persistence", "markov", "oracle"):
             s = by_model[model]
             prefix = EVAL_PREFIX if model == "tft" else f"{EVAL_PREFIX}{model}_"
             for key in ("accuracy", "macro_f1", "ece", "log_loss", "transition_accuracy"):
@@ -916,36 +1001,82 @@ def vol_targets(ev: VolEvaluation) -> list[tuple[str, bool, str]]:
 def regime_notes(ev: RegimeEvaluation) -> list[str]:
     """Plain statements the regime figures support, with the numbers."""
     every = ev.scores["all"]
-    tft, per, lab = every["tft"], every["persistence"], every["labeler"]
+    tft, per, orc = every["tft"], every["persistence"], every["oracle"]
     out = [
         f"- Regimes are sticky: {tft.n_transitions} of {tft.n} held-out windows"
-        f" ({_f(100 * tft.n_transitions / max(tft.n, 1), 1)} %) change regime, so"
-        f" persistence is right {_f(100 * per.accuracy, 1)} % of the time and has the best"
-        " accuracy, macro-F1, ECE and log-loss; it scores 0 on the changes, where the TFT"
-        f" gets {_f(tft.transition_accuracy)}.",
+        f" ({_f(100 * tft.n_transitions / max(tft.n, 1), 1)} %) change regime. The TFT"
+        " reads the observed label of every bar of its window and starts from persistence"
+        " (its logits add the log training transition row of the last bar's pending label),"
+        " so what it learns is a correction to persistence: macro-F1"
+        f" {_f(tft.macro_f1)} against {_f(per.macro_f1)}, accuracy {_f(tft.accuracy)} against"
+        f" {_f(per.accuracy)}, log-loss {_f(tft.log_loss)} against {_f(per.log_loss)}.",
+        "- *Persistence* is the observed label at t, i.e. what serving can compute: the"
+        " causal labeler's label of the window's last bar (the same labels the TFT reads)."
+        " *Oracle reference* is persistence of the latent true regime at t (simulator) or"
+        " the labeler's label (real bars, where the targets are the labeler's own labels),"
+        " which serving never observes in the simulator: it is shown for scale, not as a"
+        f" target (macro-F1 {_f(orc.macro_f1)} overall).",
     ]
     if "sim" in ev.scores:
         sim = ev.scores["sim"]
         out.append(
-            "- In the simulator, persistence reads the true regime of the last bar, which is"
-            " latent: the serving side never observes it, so there it is an oracle reference."
-            " The causal stand-in is the labeler's label at t: TFT macro-F1"
-            f" {_f(sim['tft'].macro_f1)} against {_f(sim['labeler'].macro_f1)}."
+            "- Held-out simulator worlds: the targets are the true regimes, which the labeler"
+            f" matches on {_f(100 * sim['persistence'].accuracy, 1)} % of the next bars; the"
+            f" TFT reaches {_f(100 * sim['tft'].accuracy, 1)} % (macro-F1"
+            f" {_f(sim['tft'].macro_f1)} vs persistence {_f(sim['persistence'].macro_f1)},"
+            f" oracle {_f(sim['oracle'].macro_f1)}; transition accuracy"
+            f" {_f(sim['tft'].transition_accuracy)})."
         )
     if "real" in ev.scores:
         real = ev.scores["real"]
+        tft_r, per_r, pen_r = real["tft"], real["persistence"], real["pending"]
         out.append(
-            "- On the S&P 500 the targets are the labeler's own labels, so persistence is"
-            " causal and available when serving, and it is far ahead of the TFT (macro-F1"
-            f" {_f(real['persistence'].macro_f1)} vs {_f(real['tft'].macro_f1)}; the TFT never"
-            f" predicts {_missed_classes(real['tft'])} there)."
+            "- On the S&P 500 the targets are the labeler's own labels, so persistence is the"
+            " labeler's label at t (and equals the oracle row): TFT macro-F1"
+            f" {_f(tft_r.macro_f1)} vs {_f(per_r.macro_f1)}, accuracy {_f(tft_r.accuracy)} vs"
+            f" {_f(per_r.accuracy)}, log-loss {_f(tft_r.log_loss)} vs {_f(per_r.log_loss)},"
+            f" transitions {_f(tft_r.transition_accuracy)} vs 0 (the TFT "
+            + (
+                f"never predicts {_missed_classes(tft_r)} there)."
+                if _missed_classes(tft_r) != "every class it should"
+                else "predicts every class that occurs)."
+            )
+            + f" The labeler's pending label alone scores macro-F1 {_f(pen_r.macro_f1)} there:"
+            + (
+                " the TFT's corrections, learned mostly where the simulator's latent regimes"
+                " differ from the labels, cost it on the real bars."
+                if tft_r.macro_f1 < pen_r.macro_f1
+                else " the TFT adds to it."
+            )
         )
+        pairs, names = _per_class_gap(tft_r, per_r)
+        if pairs:
+            out.append(
+                "- S&P 500 per-class F1, TFT vs persistence: "
+                + "; ".join(
+                    f"{r} {_f(a)} vs {_f(b)}" for r, (a, b) in zip(names, pairs, strict=True)
+                )
+                + "."
+            )
     out.append(
-        f"- The TFT is well ahead of the Markov-switching baseline (macro-F1 {_f(tft.macro_f1)}"
-        f" vs {_f(every['markov'].macro_f1)}) and of the causal labeler overall"
-        f" ({_f(tft.macro_f1)} vs {_f(lab.macro_f1)})."
+        f"- The Markov-switching baseline is far behind (macro-F1 {_f(every['markov'].macro_f1)});"
+        f" the calibrated labeler at t scores {_f(every['labeler'].macro_f1)}, the labeler's"
+        f" pending label alone (the prior's index) {_f(every['pending'].macro_f1)}."
     )
     return out
+
+
+def _per_class_gap(
+    tft: ClassifierScores, base: ClassifierScores
+) -> tuple[list[tuple[float, float]], list[str]]:
+    """(TFT F1, baseline F1) and the regime name of every class that occurs."""
+    pairs, names = [], []
+    for k, r in enumerate(REGIMES):
+        a, b = tft.f1[k], base.f1[k]
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+            pairs.append((a, b))
+            names.append(r.value)
+    return pairs, names
 
 
 def _missed_classes(s: ClassifierScores) -> str:
@@ -1053,9 +1184,19 @@ def _regime_section(ev: RegimeEvaluation) -> list[str]:
         "## regime_tft: next-bar market regime",
         "",
         "A pytorch-forecasting `TemporalFusionTransformer` (hidden 64, 4 attention heads)"
-        " reads a 32-bar window of the 15 market features (`models.market_features`) and gives"
-        " the probabilities of the 7 regimes for the bar after the window. It serves as"
-        " ONNX (`encoder_cont [B, 32, 15] -> probabilities [B, 7]`).",
+        " reads a 32-bar window of the 15 market features (`models.market_features`) and of"
+        " the rule-based labeler's causal label of each of those bars"
+        " (`models.labeler.StreamingLabeler`, the same labels as the batch labeler, fitted on"
+        " the real training span), and gives the probabilities of the 7 regimes for the bar"
+        " after the window. The labels take 7 channels per bar: 1 on the bar's label plus 2"
+        " on its *pending* label, the label the labeler's hysteresis would give the next bar"
+        " if it looked like this one (a switch already due, e.g. when the minimum dwell ends"
+        " while the stay clause fails; 3 when nothing is pending). Its logits start from"
+        " persistence: the log of the training transition-matrix row P(label of t+1 |"
+        " pending label of t) of the last bar is added to the TFT's output (trained end to"
+        " end through that sum, the loss weighing the simulator and the S&P 500 windows"
+        " equally). It serves as ONNX (`encoder_cont [B, 32, 22] -> probabilities [B, 7]`:"
+        " 15 scaled features, then the 7 label channels).",
         "",
         "**Data and splits** (those of `models.regime_tft.build_splits`):"
         f" simulator paths with known regimes, training seeds {_seeds(simd['train_seeds'])}"
@@ -1074,27 +1215,37 @@ def _regime_section(ev: RegimeEvaluation) -> list[str]:
         )
     lines += [
         "",
-        "**Baselines.** *Persistence*: the next bar keeps the label of the window's last bar"
-        " (true regime in the simulator, the labeler's label on real bars); its probabilities"
-        " for calibration and log-loss are the training transition-matrix row of that label"
+        "**Baselines.** *Persistence* (the target): the next bar keeps the *observed* label"
+        " of the window's last bar, the causal labeler's label at t, which serving computes"
+        " from the same bars (on real bars it is the target's own labeler, so this is"
+        " the usual persistence; in the simulator the targets are the latent true regimes);"
+        " its probabilities for calibration and log-loss are the training row P(target |"
+        " observed label) of that label"
         + (
             " (whose most likely entry is that label for every row)."
             if ev.persistence_argmax_is_current
-            else " (warning: for some rows the most likely entry is not that label)."
+            else " (for some rows the most likely entry is another regime; the prediction is"
+            " still the label)."
         )
+        + " *Pending label*: the labeler's pending label at t (causal, what the TFT's prior"
+        " reads), calibrated the same way; shown to separate what the prior gives from what"
+        " the TFT adds. *Oracle reference* (not a target): persistence of the latent true"
+        " regime at t"
+        " (simulator; on real bars the labeler's label), with the training transition row of"
+        " that regime; serving never observes it."
         + " *Markov-switching*: statsmodels `MarkovRegression` (3 states, switching variance) on"
         " the index returns, fitted on the training returns of each source, test series"
         " filtered causally; the *filtered* state probabilities are mapped to the 7 regimes by"
         " the training co-occurrence P(regime of t+1 | state at t), as in training (start"
-        " search seeded). *Labeler at t*: the rule-based labeler's label of the last bar,"
-        " calibrated the same way (on real bars it is persistence). *Majority*: the training"
-        " class frequencies.",
+        " search seeded). *Labeler at t*: the observed label of the last bar, calibrated the"
+        " same way (its most likely regime given the label; on real bars it is persistence)."
+        " *Majority*: the training class frequencies.",
         "",
         "Metrics: macro-F1 averages the per-class F1 over the classes that occur in the"
         " truth or the predictions; ECE is the top-label expected calibration error over 10"
         " equal-width confidence bins; transition accuracy is the accuracy on windows whose"
-        " target regime differs from the regime of their last bar (persistence scores 0 there"
-        " by construction).",
+        " target regime differs from the true regime of their last bar (the oracle reference"
+        " scores 0 there by construction).",
         "",
     ]
     for scope, by_model in ev.scores.items():

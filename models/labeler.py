@@ -49,6 +49,13 @@ dislocation is heavy trading and wider spreads without an index move, or an RSI
 extreme against the latest 5-bar move; a rally is a strong 20-bar advance with volume
 and tight spreads. ``min_dwell`` defaults to 3 bars.
 
+**Streaming.** Once the centroids are fitted, every step is causal: the rules, the
+fill and the stay clauses read only the bar itself, and the hysteresis only the past.
+:class:`StreamingLabeler` (``RegimeLabeler.streaming()``) runs it one bar at a time with
+the same state machine (:func:`hysteresis_step`) and gives exactly the labels of
+:meth:`RegimeLabeler.label`; the dataflow's market step uses it to label every bar
+for the regime model, which reads those labels as inputs.
+
 The thresholds were set on simulator seeds 1-3 against the true regimes and are
 checked on seeds 21-24 in ``tests/unit/models/test_labeler.py``: 75.4 % of bars agree
 with the true regime there, against 48.1 % for always answering the most frequent one
@@ -61,6 +68,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -204,6 +212,36 @@ def rule_matrix(features: FloatArray, entering: bool) -> npt.NDArray[np.bool_]:
     return out
 
 
+_RULE_INDEX: tuple[tuple[int, tuple[tuple[tuple[int, bool, float, float], ...], ...]], ...] = tuple(
+    (
+        regime.code,
+        tuple(
+            tuple((FEATURE_INDEX[c.feature], c.op == ">=", c.enter, c.leave) for c in clause)
+            for clause in clauses
+        ),
+    )
+    for regime, clauses in RULES.items()
+)
+
+
+def _rule_row(values: list[float], entering: bool) -> list[bool]:
+    """:func:`rule_matrix` of one finite bar, in plain Python (same comparisons)."""
+    out = [False] * len(REGIMES)
+    for code, clauses in _RULE_INDEX:
+        for clause in clauses:
+            ok = True
+            for index, ge, enter, leave in clause:
+                threshold = enter if entering else leave
+                x = values[index]
+                if not (x >= threshold if ge else x <= threshold):
+                    ok = False
+                    break
+            if ok:
+                out[code] = True
+                break
+    return out
+
+
 @dataclass
 class Centroids:
     """Per-regime feature means and pooled stds over FILL_FEATURES (NaN = regime absent)."""
@@ -231,6 +269,10 @@ class LabelResult:
     """Exactly one rule entered."""
     filled: npt.NDArray[np.bool_]
     """The bar's candidate came from the fill (no rule, or rules in conflict)."""
+    pending: IntArray
+    """Per bar, the label the hysteresis would give the next bar if that bar's rules and
+    fill were this bar's (the switch already due, e.g. when the minimum dwell ends with
+    the stay clause failing); -1 in warm-up. Causal: it reads this bar and the past."""
 
 
 @dataclass
@@ -279,8 +321,10 @@ class RegimeLabeler:
             rule[enter[:, regime.code]] = regime.code
         filled = valid & (n_enter != 1)
         candidate = np.where(filled, self.centroids.assign(safe), rule)
-        labels = self._hysteresis(valid, candidate, rule, stay)
-        return LabelResult(labels, np.where(valid, rule, UNLABELLED), valid & ~filled, filled)
+        labels, pending = self._hysteresis(valid, candidate, rule, stay)
+        return LabelResult(
+            labels, np.where(valid, rule, UNLABELLED), valid & ~filled, filled, pending
+        )
 
     def _hysteresis(
         self,
@@ -288,31 +332,133 @@ class RegimeLabeler:
         candidate: IntArray,
         rule: IntArray,
         stay: npt.NDArray[np.bool_],
-    ) -> IntArray:
-        rank = {r.code: i for i, r in enumerate(PRIORITY)}
+    ) -> tuple[IntArray, IntArray]:
         labels = np.full(len(candidate), UNLABELLED, dtype=np.int64)
+        pending = np.full(len(candidate), UNLABELLED, dtype=np.int64)
         current, dwell = UNLABELLED, 0
         for t in np.flatnonzero(valid):
-            proposal = int(candidate[t])
-            if current == UNLABELLED:
-                current, dwell = proposal, 1
-            elif dwell < self.min_dwell or proposal == current:
-                dwell += 1
-            else:
-                holding = bool(stay[t, current])
-                entered = int(rule[t])
-                if (
-                    entered != UNLABELLED
-                    and entered != current
-                    and (not holding or rank[entered] < rank[current])
-                ):
-                    current, dwell = entered, 1
-                elif not holding:
-                    current, dwell = proposal, 1
-                else:
-                    dwell += 1
+            step = (int(candidate[t]), int(rule[t]), stay[t], self.min_dwell)
+            current, dwell = hysteresis_step(current, dwell, *step)
             labels[t] = current
-        return labels
+            pending[t] = hysteresis_step(current, dwell, *step)[0]
+        return labels, pending
+
+    def streaming(self) -> StreamingLabeler:
+        """A causal, bar-by-bar labeler with these centroids (fitted first: :meth:`fit`)."""
+        if self.centroids is None:
+            raise ValueError("labeler: fit the centroids before streaming")
+        return StreamingLabeler(self.centroids, self.min_dwell)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form of the fitted labeler (the regime manifest's ``extra["labeler"]``)."""
+        if self.centroids is None:
+            raise ValueError("labeler: fit the centroids before saving them")
+        return {
+            "min_dwell": self.min_dwell,
+            "min_class_bars": self.min_class_bars,
+            "fill_features": list(FILL_FEATURES),
+            "centroid_means": [
+                [None if math.isnan(v) else v for v in row] for row in self.centroids.means.tolist()
+            ],
+            "centroid_std": self.centroids.std.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RegimeLabeler:
+        """Inverse of :meth:`to_dict` (refuses another set of fill features)."""
+        if tuple(raw["fill_features"]) != FILL_FEATURES:
+            raise ValueError(
+                f"labeler: fill features {raw['fill_features']} differ from this code's"
+            )
+        means = np.array(
+            [[math.nan if v is None else float(v) for v in row] for row in raw["centroid_means"]],
+            dtype=np.float64,
+        )
+        std = np.asarray(raw["centroid_std"], dtype=np.float64)
+        if means.shape != (len(REGIMES), len(FILL_FEATURES)) or std.shape != (len(FILL_FEATURES),):
+            raise ValueError(f"labeler: centroid shapes {means.shape} and {std.shape}")
+        return cls(int(raw["min_dwell"]), int(raw["min_class_bars"]), Centroids(means, std))
+
+
+_RANK: dict[int, int] = {r.code: i for i, r in enumerate(PRIORITY)}
+
+
+def hysteresis_step(
+    current: int,
+    dwell: int,
+    proposal: int,
+    entered: int,
+    stay: npt.NDArray[np.bool_],
+    min_dwell: int,
+) -> tuple[int, int]:
+    """One bar of the hysteresis: the new (current regime, bars in it).
+
+    ``proposal`` is the bar's candidate (its single entering rule, or the fill),
+    ``entered`` the winning entering rule (``UNLABELLED`` when none), ``stay`` the bar's
+    row of stay clauses (7 booleans, model order).
+    """
+    if current == UNLABELLED:
+        return proposal, 1
+    if dwell < min_dwell or proposal == current:
+        return current, dwell + 1
+    holding = bool(stay[current])
+    if (
+        entered != UNLABELLED
+        and entered != current
+        and (not holding or _RANK[entered] < _RANK[current])
+    ):
+        return entered, 1
+    if not holding:
+        return proposal, 1
+    return current, dwell + 1
+
+
+@dataclass
+class StreamingLabeler:
+    """The labeler one bar at a time, causally: :meth:`update` gives each bar's label.
+
+    Fed the same feature vectors, bar after bar, it gives exactly the labels of
+    :meth:`RegimeLabeler.label` with the same (already fitted) centroids: the rules, the
+    nearest-centroid fill and the stay clauses only read the bar itself, and the
+    hysteresis is the same state machine (:func:`hysteresis_step`). Its whole state is
+    ``(current, dwell)`` plus the centroids; it pickles.
+    """
+
+    centroids: Centroids
+    min_dwell: int = 3
+    current: int = UNLABELLED
+    dwell: int = 0
+    pending: int = UNLABELLED
+    """The last bar's pending label (:attr:`LabelResult.pending`)."""
+
+    def update(self, vector: npt.ArrayLike) -> int:
+        """The label of the next bar (``UNLABELLED`` for a vector with NaN: state kept)."""
+        row = np.asarray(vector, dtype=np.float64).reshape(1, -1)
+        if row.shape[1] != len(MARKET_FEATURES):
+            raise ValueError(f"labeler needs {len(MARKET_FEATURES)} features, got {row.shape[1]}")
+        if not np.isfinite(row).all():
+            return UNLABELLED
+        values = row[0].tolist()
+        enter = _rule_row(values, entering=True)
+        stay = np.array(_rule_row(values, entering=False), dtype=bool)
+        rule = UNLABELLED
+        for regime in PRIORITY:
+            if enter[regime.code]:
+                rule = regime.code
+                break
+        # the fill only where the rules do not decide (none entered, or several)
+        proposal = rule if sum(enter) == 1 else int(self.centroids.assign(row)[0])
+        self.current, self.dwell = hysteresis_step(
+            self.current, self.dwell, proposal, rule, stay, self.min_dwell
+        )
+        self.pending = hysteresis_step(
+            self.current, self.dwell, proposal, rule, stay, self.min_dwell
+        )[0]
+        return self.current
+
+    def reset(self) -> None:
+        """Forget the hysteresis state (the next bar starts afresh)."""
+        self.current, self.dwell, self.pending = UNLABELLED, 0, UNLABELLED
 
 
 def label_features(features: FloatArray, min_dwell: int = 3) -> IntArray:

@@ -3,7 +3,11 @@
 Data
     A sample is a window of :data:`ENCODER_LENGTH` consecutive market-feature vectors
     (:mod:`models.market_features`, computed by the one ``MarketFeatures`` class used in
-    serving) ending at bar ``t``; its target is the regime of bar ``t + 1``.
+    serving) ending at bar ``t``, with the *observed* label of each of those bars (the
+    rule-based labeler's causal label, :attr:`Series.observed`: what serving computes
+    with :class:`~models.labeler.StreamingLabeler`); its target is the regime of bar
+    ``t + 1``. The observed labeler is the one fitted on the real training span (the
+    simulator training series when there are no real bars).
     Simulator paths give the true regimes; the real S&P 500 bars
     (:func:`~models.market_features.market_bars_from_real`, 1999-2018) are labelled by
     :class:`~models.labeler.RegimeLabeler`, whose fill is fitted on the real training
@@ -12,25 +16,32 @@ Data
     windows of a later split may look back into the earlier one, never forward.
 Inputs
     Raw feature windows are standardised with the training mean/std per feature
-    (:class:`Scaling`, clipped at +/- ``clip``) and fed as the unknown reals of a
-    pytorch-forecasting ``TimeSeriesDataSet`` (plus its ``relative_time_idx``) with
-    no further scaling, so that ONNX serving only needs the same :class:`Scaling`.
+    (:class:`Scaling`, clipped at +/- ``clip``), the labels one-hot encoded (7 channels,
+    unscaled; :func:`~models.regime_runtime.encoder_input`), and both fed as the unknown
+    reals of a pytorch-forecasting ``TimeSeriesDataSet`` (plus its
+    ``relative_time_idx``) with no further scaling, so that ONNX serving only needs the
+    same :class:`Scaling` and labeler.
 Model
     ``TemporalFusionTransformer`` with hidden_size 64, 4 attention heads, dropout 0.1,
     hidden_continuous_size 32, CrossEntropy over the 7 regimes (model order of
-    :data:`~models.regimes.REGIMES`); Lightning with EarlyStopping on the validation
-    loss, gradient clipping, ReduceLROnPlateau, one CPU thread, seeded. Its internal
-    linear resampling runs as an exact matrix product (:func:`use_exact_resampling`).
+    :data:`~models.regimes.REGIMES`); :class:`RegimeTFT` adds the log training
+    transition row P(target of t+1 | observed label at t) of the last bar's label to its
+    logits (persistence as the prior; the TFT learns the correction, end to end).
+    Lightning with EarlyStopping on the validation loss, gradient clipping,
+    ReduceLROnPlateau, one CPU thread, seeded. Its internal linear resampling runs as an
+    exact matrix product (:func:`use_exact_resampling`).
 Baselines (causal, on the same held-out windows)
-    majority class of the training targets; statsmodels ``MarkovRegression``
+    persistence of the observed label (``persistence_*`` metrics); majority class of the
+    training targets; statsmodels ``MarkovRegression``
     (3 regimes, switching variance) on the returns, fitted on the training returns,
     whose *filtered* state probabilities are mapped to the 7 regimes by the training
-    co-occurrence P(regime of t+1 | state at t); and the labeler's own label at ``t``,
+    co-occurrence P(regime of t+1 | state at t); and the observed label at ``t``,
     calibrated the same way ("labeler persistence").
 
 ``python -m models.regime_tft [--quick]`` trains and writes the run directory
 (``build/regime_tft`` by default): ``model.pt`` (state dict), ``run.json`` (config,
-scaling, metrics) and ``holdout.npz`` (held-out raw windows and targets). The ONNX
+scaling, observed labeler, metrics) and ``holdout.npz`` (held-out raw windows, their
+observed labels and targets). The ONNX
 export is :mod:`export.regime`; serving uses :mod:`models.regime_runtime` (re-exported
 here: :func:`predict_proba`), which needs no torch.
 """
@@ -72,9 +83,12 @@ from models.market_features import (
 )
 from models.regime_runtime import (
     ENCODER_LENGTH,
+    INPUT_CHANNELS,
     MODEL_NAME,
     N_CLASSES,
+    PENDING_WEIGHT,
     Scaling,
+    encoder_input,
     predict_proba,
     regime_summary,
 )
@@ -100,10 +114,10 @@ TFT_HPARAMS: dict[str, Any] = {
     "dropout": 0.1,
     "hidden_continuous_size": 32,
 }
-REAL_FEATURE_ORDER: tuple[str, ...] = ("relative_time_idx", *MARKET_FEATURES)
+REAL_FEATURE_ORDER: tuple[str, ...] = ("relative_time_idx", *INPUT_CHANNELS)
 """Order of the TFT's continuous inputs (``x_reals``): the dataset's time index first."""
 DEFAULT_RUN_DIR = Path(__file__).resolve().parent.parent / "build" / "regime_tft"
-_TARGET, _GROUP, _TIME = "regime", "series", "time_idx"
+_TARGET, _GROUP, _TIME, _WEIGHT = "regime", "series", "time_idx", "weight"
 _EPS = 1e-7
 
 log = logging.getLogger(__name__)
@@ -126,10 +140,28 @@ class Series:
     features: FloatArray
     labels: IntArray
     ends: IntArray
+    observed: IntArray | None = None
+    """The observed labeler's causal label of every bar (-1 in warm-up): a model input."""
+    pending: IntArray | None = None
+    """Its pending label of every bar (:attr:`~models.labeler.LabelResult.pending`)."""
 
     def windows(self) -> tuple[FloatArray, IntArray]:
         """Raw windows (n, T, F) and targets (n,)."""
         return feature_windows(self.features, ENCODER_LENGTH, self.ends), self.labels[self.ends + 1]
+
+    def label_windows(self) -> IntArray:
+        """The observed and pending labels of the windows' bars (n, T, 2)."""
+        if self.observed is None or self.pending is None:
+            raise ValueError(f"{self.name}: no observed labels")
+        offsets = np.arange(-ENCODER_LENGTH + 1, 1)
+        rows = self.ends[:, None] + offsets[None, :]
+        return np.stack([self.observed[rows], self.pending[rows]], axis=-1).astype(np.int64)
+
+    def current_observed(self) -> IntArray:
+        """The observed label of each window's last bar (what persistence predicts)."""
+        if self.observed is None:
+            raise ValueError(f"{self.name}: no observed labels")
+        return np.asarray(self.observed[self.ends], dtype=np.int64)
 
 
 def _valid_ends(
@@ -189,8 +221,8 @@ class TrainConfig:
     use_real: bool = True
     real_train_end: str = "2012-12-31"
     real_val_end: str = "2014-12-31"
-    max_epochs: int = 10
-    limit_train_batches: int = 40
+    max_epochs: int = 16
+    limit_train_batches: int = 50
     batch_size: int = 128
     learning_rate: float = 3e-3
     gradient_clip_val: float = 0.5
@@ -199,6 +231,12 @@ class TrainConfig:
     seed: int = 7
     markov_regimes: int = 3
     markov_search_reps: int = 5
+    prior: str = "labels"
+    """Persistence prior of the logits: :func:`transition_log_prior` kind."""
+    balance_sources: bool = True
+    """Weigh the loss by source (:func:`source_weights`): real windows get ``real_share``
+    of the total weight, the simulator's the rest."""
+    real_share: float = 0.5
     quick: bool = False
 
     @classmethod
@@ -213,16 +251,37 @@ class TrainConfig:
 
 @dataclass
 class Splits:
-    """Series per split, and the labeler fitted for the real bars (None without them)."""
+    """Series per split and the labelers.
+
+    ``real_labeler`` labels the real bars (None without them); ``observed_labeler`` gives
+    the observed labels, the model inputs.
+    """
 
     train: list[Series]
     val: list[Series]
     test: list[Series]
     real_labeler: RegimeLabeler | None = None
+    observed_labeler: RegimeLabeler | None = None
+
+
+def observed_labeler(train: Sequence[Series], real_labeler: RegimeLabeler | None) -> RegimeLabeler:
+    """The labeler serving runs on the market features (its labels are model inputs).
+
+    The one that labels the real bars (fitted on the real training span) when there are
+    real bars, so that on them the observed label at ``t`` is the target's own labeler;
+    otherwise one fitted on the simulator training series.
+    """
+    if real_labeler is not None:
+        return real_labeler
+    return RegimeLabeler().fit(np.concatenate([s.features for s in train if s.source == "sim"]))
 
 
 def build_splits(config: TrainConfig) -> Splits:
-    """Simulator and (optionally) real series for train / validation / test."""
+    """Simulator and (optionally) real series for train / validation / test.
+
+    Every series also carries the observed labeler's labels (:attr:`Series.observed`),
+    computed causally over its whole history.
+    """
     train = [sim_series(s, config.sim_bars) for s in config.sim_train_seeds]
     val = [sim_series(s, config.sim_eval_bars) for s in config.sim_val_seeds]
     test = [sim_series(s, config.sim_eval_bars) for s in config.sim_test_seeds]
@@ -232,7 +291,61 @@ def build_splits(config: TrainConfig) -> Splits:
         train.append(r_train)
         val.append(r_val)
         test.append(r_test)
-    return Splits(train, val, test, labeler)
+    observer = observed_labeler(train, labeler)
+    cache: dict[int, tuple[IntArray, IntArray]] = {}
+
+    def observe(s: Series) -> Series:
+        key = id(s.features)
+        if key not in cache:
+            result = observer.label(s.features)
+            cache[key] = (result.labels, result.pending)
+        return replace(s, observed=cache[key][0], pending=cache[key][1])
+
+    return Splits(
+        [observe(s) for s in train],
+        [observe(s) for s in val],
+        [observe(s) for s in test],
+        labeler,
+        observer,
+    )
+
+
+def transition_log_prior(series: Sequence[Series], kind: str = "labels") -> FloatArray:
+    """``(7, 7)`` log of a training transition matrix of the observed labels (+0.5).
+
+    Rows are indexed by the last bar's *pending* label (what the model's prior reads),
+    columns by ``kind="labels"``: the observed label of t+1, P(label of t+1 | pending
+    label of t), the labels' own dynamics (rows peak on the diagonal for both sources);
+    ``"targets"``: the target of t+1, which pools the simulator's latent regimes with
+    the real bars' labels.
+    """
+    if kind not in ("labels", "targets"):
+        raise ValueError(f"transition prior kind must be 'labels' or 'targets', got {kind!r}")
+    one_hot = np.eye(N_CLASSES)
+    current = np.concatenate([one_hot[np.asarray(s.pending)[s.ends]] for s in series])
+    if kind == "labels":
+        target = np.concatenate([np.asarray(s.observed)[s.ends + 1] for s in series])
+    else:
+        target = np.concatenate([s.labels[s.ends + 1] for s in series])
+    return np.log(_calibrate(current, target))
+
+
+def source_weights(series: Sequence[Series], real_share: float = 0.5) -> dict[str, float]:
+    """Per-window loss weight of each source: real windows weigh ``real_share`` in total.
+
+    The mean weight is 1. The real bars are far fewer windows than the simulator's, and
+    their targets (the labeler's own labels) are what the observed labels predict best,
+    so without weights the simulator's corrections would dominate them. A single source
+    gets weight 1.
+    """
+    counts: dict[str, int] = {}
+    for s in series:
+        counts[s.source] = counts.get(s.source, 0) + len(s.ends)
+    if set(counts) != {"real", "sim"}:
+        return dict.fromkeys(counts, 1.0)
+    total = sum(counts.values())
+    share = {"real": real_share, "sim": 1.0 - real_share}
+    return {src: total * share[src] / n for src, n in counts.items()}
 
 
 def fit_scaling(series: Sequence[Series]) -> Scaling:
@@ -245,36 +358,49 @@ def fit_scaling(series: Sequence[Series]) -> Scaling:
 # pytorch-forecasting dataset and model
 
 
-def _frame(series: Sequence[Series], scaling: Scaling) -> pd.DataFrame:
-    """Long frame for TimeSeriesDataSet: one group per series span, scaled features."""
+def _frame(
+    series: Sequence[Series], scaling: Scaling, weights: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """Long frame for TimeSeriesDataSet: one group per series span.
+
+    Scaled features, then the one-hot observed labels (the model input of
+    :func:`encoder_input`).
+    """
     parts = []
     for s in series:
         lo, hi = int(s.ends[0]) - ENCODER_LENGTH + 1, int(s.ends[-1]) + 2
-        scaled = scaling.apply(s.features[lo:hi]).astype(np.float64)
-        part = pd.DataFrame(scaled, columns=list(MARKET_FEATURES))
+        assert s.observed is not None and s.pending is not None
+        codes = np.stack([s.observed[lo:hi], s.pending[lo:hi]], axis=-1)
+        x = encoder_input(scaling, s.features[lo:hi], codes).astype(np.float64)
+        part = pd.DataFrame(x, columns=list(INPUT_CHANNELS))
         part[_GROUP] = s.name
         part[_TIME] = np.arange(lo, hi, dtype=np.int64)
         part[_TARGET] = [str(int(c)) for c in s.labels[lo:hi]]
+        part[_WEIGHT] = (weights or {}).get(s.source, 1.0)
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
 
 
-def make_dataset(frame: pd.DataFrame) -> TimeSeriesDataSet:
-    """TimeSeriesDataSet of full ENCODER_LENGTH windows predicting one step (no scaling)."""
+def make_dataset(frame: pd.DataFrame, weighted: bool = False) -> TimeSeriesDataSet:
+    """TimeSeriesDataSet of full ENCODER_LENGTH windows predicting one step (no scaling).
+
+    ``weighted``: the loss weighs each window by the frame's weight column.
+    """
     classes = pd.Series([str(i) for i in range(N_CLASSES)])
     return TimeSeriesDataSet(
         frame,
         time_idx=_TIME,
         target=_TARGET,
         group_ids=[_GROUP],
+        weight=_WEIGHT if weighted else None,
         max_encoder_length=ENCODER_LENGTH,
         min_encoder_length=ENCODER_LENGTH,
         max_prediction_length=1,
         min_prediction_length=1,
-        time_varying_unknown_reals=list(MARKET_FEATURES),
+        time_varying_unknown_reals=list(INPUT_CHANNELS),
         target_normalizer=NaNLabelEncoder(add_nan=False).fit(classes),
         categorical_encoders={_GROUP: NaNLabelEncoder(add_nan=True)},
-        scalers=dict.fromkeys(MARKET_FEATURES),
+        scalers=dict.fromkeys(INPUT_CHANNELS),
         add_relative_time_idx=True,
         add_target_scales=False,
         add_encoder_length=False,
@@ -284,19 +410,49 @@ def make_dataset(frame: pd.DataFrame) -> TimeSeriesDataSet:
 def template_dataset() -> TimeSeriesDataSet:
     """A dataset with the model's variables, to rebuild the network without training data."""
     n = ENCODER_LENGTH + 1 + N_CLASSES
-    frame = pd.DataFrame(np.zeros((n, len(MARKET_FEATURES))), columns=list(MARKET_FEATURES))
+    frame = pd.DataFrame(np.zeros((n, len(INPUT_CHANNELS))), columns=list(INPUT_CHANNELS))
     frame[_GROUP] = "template"
     frame[_TIME] = np.arange(n)
     frame[_TARGET] = [str(i % N_CLASSES) for i in range(n)]
     return make_dataset(frame)
 
 
+LABEL_SLICE = slice(1 + len(MARKET_FEATURES), 1 + len(INPUT_CHANNELS))
+"""Where the one-hot labels sit in the TFT's ``encoder_cont`` (after relative_time_idx)."""
+
+
+class RegimeTFT(TemporalFusionTransformer):
+    """The TFT whose next-bar logits start from persistence: a learned correction to it.
+
+    ``forward`` adds ``log_transition[pending label of the window's last bar]`` (buffer
+    ``(7, 7)``, :func:`transition_log_prior`; the pending label is where the label
+    channels are >= 2) to pytorch-forecasting's output logits. With the TFT's own output
+    at 0 the model *is* the labeler's calibrated persistence (of the label it is about to
+    hold); training (end to end, through this sum) learns what the features and the
+    label history add to it.
+    """
+
+    log_transition: torch.Tensor
+
+    def forward(self, x: dict[str, torch.Tensor]) -> Any:
+        out = super().forward(x)
+        enc = x["encoder_cont"]
+        channels = enc[torch.arange(enc.shape[0]), x["encoder_lengths"] - 1, LABEL_SLICE]
+        last = (channels >= PENDING_WEIGHT - 0.5).to(enc.dtype)
+        prior = (last @ self.log_transition.to(enc.dtype)).unsqueeze(1)
+        return out._replace(prediction=out["prediction"] + prior)
+
+
 def build_model(dataset: TimeSeriesDataSet, config: TrainConfig) -> TemporalFusionTransformer:
-    """The TFT with the default hyper-parameters and a 7-class CrossEntropy head."""
+    """The TFT with the default hyper-parameters and a 7-class CrossEntropy head.
+
+    A :class:`RegimeTFT` whose ``log_transition`` buffer is zero (no prior) until
+    :func:`train` sets it, or ``load_state_dict`` restores it.
+    """
     with warnings.catch_warnings():
         # Lightning notes that loss modules are saved twice; harmless here.
         warnings.filterwarnings("ignore", message="Attribute .* is an instance of `nn.Module`")
-        model = TemporalFusionTransformer.from_dataset(
+        model = RegimeTFT.from_dataset(
             dataset,
             **TFT_HPARAMS,
             output_size=N_CLASSES,
@@ -309,6 +465,7 @@ def build_model(dataset: TimeSeriesDataSet, config: TrainConfig) -> TemporalFusi
         )
     if list(model.hparams.x_reals) != list(REAL_FEATURE_ORDER):
         raise RuntimeError(f"unexpected TFT input order {model.hparams.x_reals}")
+    model.register_buffer("log_transition", torch.zeros(N_CLASSES, N_CLASSES))
     use_exact_resampling(model)
     return model
 
@@ -368,11 +525,12 @@ def load_model(path: Path) -> TemporalFusionTransformer:
 
 
 class RegimeTFTExport(nn.Module):
-    """Plain-tensor wrapper: ``encoder_cont [B, T, F] -> probabilities [B, 7]``.
+    """Plain-tensor wrapper: ``encoder_cont [B, T, F + 7] -> probabilities [B, 7]``.
 
     Builds the TFT's input dict inside (``relative_time_idx`` prepended like the
     dataset does, full lengths, the decoder step carrying only the known
-    ``relative_time_idx`` = 0) and returns the softmax of the next-bar logits.
+    ``relative_time_idx`` = 0) and returns the softmax of the next-bar logits (with
+    :class:`RegimeTFT`'s persistence prior).
     """
 
     def __init__(self, tft: TemporalFusionTransformer) -> None:
@@ -398,7 +556,7 @@ class RegimeTFTExport(nn.Module):
 
 
 def torch_proba(model: TemporalFusionTransformer, scaled: npt.NDArray[np.float32]) -> FloatArray:
-    """Probabilities (n, 7) of scaled windows (n, T, F) with the PyTorch model, in batches."""
+    """Probabilities (n, 7) of model inputs (n, T, F + 7) with the PyTorch model, in batches."""
     wrapper = RegimeTFTExport(model).eval()
     out = []
     with torch.no_grad():
@@ -485,26 +643,39 @@ def markov_baseline(
 
 
 def labeler_baseline(
-    train: Sequence[Series], test: Sequence[Series], real_labeler: RegimeLabeler | None
+    train: Sequence[Series], test: Sequence[Series], real_labeler: RegimeLabeler | None = None
 ) -> dict[str, FloatArray]:
-    """The labeler's label at ``t`` (calibrated on training) as the forecast for ``t + 1``."""
+    """The observed label at ``t``, calibrated on training per source, as the forecast.
+
+    Probabilities P(target of t+1 | observed label at t) by test series name.
+
+    Its probabilities are those of observed persistence; only the most likely class can
+    differ (it is the label itself for persistence). ``real_labeler`` is unused (the
+    observed labels come with the series).
+    """
+    del real_labeler
     out: dict[str, FloatArray] = {}
+    one_hot = np.eye(N_CLASSES)
     for source in sorted({s.source for s in test}):
         fit_series = [s for s in train if s.source == source]
         if not fit_series:
             continue
-        labeler = real_labeler if source == "real" and real_labeler else None
-        if labeler is None:
-            labeler = RegimeLabeler().fit(np.concatenate([s.features for s in fit_series]))
-        one_hot = np.eye(N_CLASSES)
-        pred = [labeler.label(s.features).labels for s in fit_series]
         mapping = _calibrate(
-            np.concatenate([one_hot[p[s.ends]] for p, s in zip(pred, fit_series, strict=True)]),
+            np.concatenate([one_hot[s.current_observed()] for s in fit_series]),
             np.concatenate([s.labels[s.ends + 1] for s in fit_series]),
         )
         for s in (t for t in test if t.source == source):
-            out[s.name] = one_hot[labeler.label(s.features).labels[s.ends]] @ mapping
+            out[s.name] = one_hot[s.current_observed()] @ mapping
     return out
+
+
+def macro_f1(predicted: IntArray, target: IntArray) -> float:
+    """Mean per-class F1 over the classes in the truth or the predictions."""
+    conf = _confusion(target, predicted).astype(np.float64)
+    tp = np.diag(conf)
+    denom = 2 * tp + (conf.sum(axis=0) - tp) + (conf.sum(axis=1) - tp)
+    used = denom > 0
+    return float(np.mean(2 * tp[used] / denom[used])) if used.any() else float("nan")
 
 
 # ---------------------------------------------------------------------------------------
@@ -521,10 +692,14 @@ class TrainResult:
     metrics: dict[str, float]
     holdout_windows: FloatArray
     """Raw held-out windows (n, T, F), all test series concatenated."""
+    holdout_labels: IntArray
+    """Observed and pending labels of their bars (n, T, 2)."""
     holdout_target: IntArray
     holdout_source: npt.NDArray[np.str_]
     train_seconds: float
     report: dict[str, Any] = field(default_factory=dict)
+    labeler: dict[str, Any] = field(default_factory=dict)
+    """The observed labeler (:meth:`RegimeLabeler.to_dict`), what serving must run."""
 
     def save(self, run_dir: Path) -> None:
         """Write ``model.pt``, ``run.json`` and ``holdout.npz`` to ``run_dir``."""
@@ -533,12 +708,14 @@ class TrainResult:
         np.savez_compressed(
             run_dir / "holdout.npz",
             windows=self.holdout_windows,
+            labels=self.holdout_labels,
             target=self.holdout_target,
             source=self.holdout_source,
         )
         meta = {
             "config": asdict(self.config),
             "scaling": self.scaling.to_dict(),
+            "labeler": self.labeler,
             "metrics": self.metrics,
             "train_seconds": self.train_seconds,
             "report": self.report,
@@ -555,6 +732,7 @@ class SavedRun:
     metrics: dict[str, float]
     meta: dict[str, Any]
     holdout_windows: FloatArray
+    holdout_labels: IntArray
     holdout_target: IntArray
 
     @classmethod
@@ -562,15 +740,20 @@ class SavedRun:
         """Read what :meth:`TrainResult.save` wrote."""
         meta = json.loads((run_dir / "run.json").read_text())
         with np.load(run_dir / "holdout.npz") as data:
-            windows, target = data["windows"], data["target"]
+            windows, labels, target = data["windows"], data["labels"], data["target"]
         return cls(
             load_model(run_dir / "model.pt"),
             Scaling.from_dict(meta["scaling"]),
             dict(meta["metrics"]),
             meta,
             np.asarray(windows, dtype=np.float64),
+            np.asarray(labels, dtype=np.int64),
             np.asarray(target, dtype=np.int64),
         )
+
+    def model_input(self) -> npt.NDArray[np.float32]:
+        """The held-out windows as the model reads them (n, T, F + 7)."""
+        return encoder_input(self.scaling, self.holdout_windows, self.holdout_labels)
 
 
 def _quiet_lightning() -> None:
@@ -589,11 +772,17 @@ def train(config: TrainConfig, run_dir: Path | None = None) -> TrainResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     splits = build_splits(config)
     scaling = fit_scaling(splits.train)
-    train_ds = make_dataset(_frame(splits.train, scaling))
-    val_ds = make_dataset(_frame(splits.val, scaling))
+    balance = config.balance_sources
+    train_w = source_weights(splits.train, config.real_share) if balance else None
+    val_w = source_weights(splits.val, config.real_share) if balance else None
+    train_ds = make_dataset(_frame(splits.train, scaling, train_w), weighted=balance)
+    val_ds = make_dataset(_frame(splits.val, scaling, val_w), weighted=balance)
     train_dl = train_ds.to_dataloader(train=True, batch_size=config.batch_size, num_workers=0)
     val_dl = val_ds.to_dataloader(train=False, batch_size=512, num_workers=0)
     model = build_model(train_ds, config)
+    with torch.no_grad():
+        prior = transition_log_prior(splits.train, config.prior)
+        model.log_transition.copy_(torch.from_numpy(prior))
     checkpoints = (run_dir or DEFAULT_RUN_DIR) / "checkpoints"
     best = ModelCheckpoint(dirpath=checkpoints, monitor="val_loss", mode="min", save_top_k=1)
     trainer = pl.Trainer(
@@ -620,6 +809,8 @@ def train(config: TrainConfig, run_dir: Path | None = None) -> TrainResult:
     train_seconds = time.perf_counter() - started
     result = evaluate(model, scaling, splits, config)
     result.train_seconds = train_seconds
+    assert splits.observed_labeler is not None
+    result.labeler = splits.observed_labeler.to_dict()
     result.metrics["epochs"] = float(trainer.current_epoch)
     log.info("regime TFT trained in %.1f s: %s", train_seconds, result.metrics)
     return result
@@ -629,18 +820,21 @@ def evaluate(
     model: TemporalFusionTransformer, scaling: Scaling, splits: Splits, config: TrainConfig
 ) -> TrainResult:
     """Test-split metrics of the TFT and the baselines, per source and overall."""
-    windows, targets, sources, names = [], [], [], []
+    windows, label_windows, targets, sources, names = [], [], [], [], []
     for s in splits.test:
         w, y = s.windows()
         windows.append(w)
+        label_windows.append(s.label_windows())
         targets.append(y)
         sources.append(np.full(len(y), s.source))
         names.append(np.full(len(y), s.name))
     x = np.concatenate(windows)
+    lab = np.concatenate(label_windows)
     y = np.concatenate(targets)
     source = np.concatenate(sources)
     name = np.concatenate(names)
-    proba = torch_proba(model, scaling.apply(x))
+    observed = lab[:, -1, 0]
+    proba = torch_proba(model, encoder_input(scaling, x, lab))
     train_targets = np.concatenate([s.labels[s.ends + 1] for s in splits.train])
     majority = np.bincount(train_targets, minlength=N_CLASSES).argmax()
     prior = np.bincount(train_targets, minlength=N_CLASSES) / len(train_targets)
@@ -664,6 +858,9 @@ def evaluate(
         metrics[f"accuracy{suffix}"] = accuracy(proba[rows], y[rows])
         metrics[f"log_loss{suffix}"] = log_loss(proba[rows], y[rows])
         metrics[f"majority_accuracy{suffix}"] = float(np.mean(y[rows] == majority))
+        metrics[f"macro_f1{suffix}"] = macro_f1(proba[rows].argmax(axis=1), y[rows])
+        metrics[f"persistence_accuracy{suffix}"] = float(np.mean(observed[rows] == y[rows]))
+        metrics[f"persistence_macro_f1{suffix}"] = macro_f1(observed[rows], y[rows])
         for base in ("majority", "markov", "labeler"):
             metrics[f"{base}_log_loss{suffix}"] = log_loss(baselines[base][rows], y[rows])
             if base != "majority":
@@ -672,7 +869,7 @@ def evaluate(
         report["confusion"][scope] = _confusion(y[rows], proba[rows].argmax(axis=1)).tolist()
     metrics["baseline_accuracy"] = metrics["markov_accuracy"]
     metrics["baseline_log_loss"] = metrics["markov_log_loss"]
-    return TrainResult(model, scaling, config, metrics, x, y, source, 0.0, report)
+    return TrainResult(model, scaling, config, metrics, x, lab, y, source, 0.0, report)
 
 
 def _by_series(per_series: dict[str, FloatArray], names: npt.NDArray[np.str_]) -> FloatArray:
@@ -698,11 +895,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny run for tests (< 60 s)")
     parser.add_argument("--run-dir", type=Path, default=None, help="where to write the run")
     parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--real-share", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = TrainConfig.quick_config() if args.quick else TrainConfig()
     if args.max_epochs is not None:
         config = replace(config, max_epochs=args.max_epochs)
+    if args.real_share is not None:
+        config = replace(config, real_share=args.real_share)
     run_dir = args.run_dir or (
         DEFAULT_RUN_DIR.with_name("regime_tft_quick") if args.quick else DEFAULT_RUN_DIR
     )

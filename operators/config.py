@@ -34,11 +34,13 @@ class Limits:
     max_orders: float = 120.0
     """Most proposals one portfolio may send in ``order_window_s`` of event time."""
     order_window_s: float = 60.0
+    """The order-rate window; a deployment setting (the count is taken before the shards,
+    see ``operators.order_rate``), which ``SET_LIMIT`` cannot change."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Names a ``SET_LIMIT`` command may change."""
-        return tuple(f.name for f in fields(cls))
+        return tuple(f.name for f in fields(cls) if f.name != "order_window_s")
 
     @classmethod
     def problem(cls, name: str, value: float | None) -> str | None:
@@ -102,3 +104,13 @@ class EngineConfig:
     """How far records may be out of order within one partition (event time)."""
     idle_margin_ns: int = 10_000_000
     """Live: a caught-up partition counts as progressed to wall clock minus this."""
+    proposal_parts: tuple[tuple[str, int], ...] = ()
+    """(topic, partition) of every proposal partition: instrument history is evicted only
+    behind the progress of all of them (empty: unknown, history kept up to the caps)."""
+    instrument_shards: int = 16
+    """Number of instrument shard keys (proposal progress goes to each)."""
+    tick_history_cap: int = 262_144
+    """Most ticks one instrument keeps while the proposals' frontier holds eviction back
+    (about 10 MiB); beyond it the oldest go and a proposal needing them is stale."""
+    bar_history_cap: int = 16_384
+    """Most bar-close feature rows one instrument keeps likewise (about 4 MiB)."""

@@ -12,6 +12,7 @@ from operators.deadletter import dead_letter
 from operators.errors import CodecError, InvalidRecord
 from operators.records import (
     END_OF_TIME,
+    PROPOSAL,
     DeadLetterItem,
     Inbound,
     MessageBlock,
@@ -25,6 +26,7 @@ from operators.validate import validate
 from schemas.codec import Codec
 
 Parsed = Inbound | DeadLetterItem | Progress | TickBatch
+NO_PROGRESS = -(2**63)
 
 
 def as_blocks(items: Iterable[Any]) -> Iterator[MessageBlock | SourceIdle]:
@@ -70,37 +72,61 @@ def parse_batch(
     """Decode and validate a batch of Kafka messages; failures become dead letters.
 
     Ticks come out as one columnar ``TickBatch`` per instrument. For fenced topics
-    (control, executions), the batch ends with one ``Progress`` per partition it touched:
-    from the data's event times, from an idle marker (live: wall clock minus a margin;
-    bounded reads: the end).
+    (control, executions, reference data), the batch ends with one ``Progress`` per
+    partition it touched: from the data's event times, from an idle marker (live: wall
+    clock minus a margin; bounded reads: the end).
+
+    Proposal partitions get a lane of their own (``Progress(PROPOSAL, ...)``, for the
+    instrument step only): at the end of the batch, from the proposals' event times minus
+    the lateness and, apart (``idle=True``), from idle markers; and right before a proposal
+    that is behind that progress of an earlier proposal of its partition in the same
+    batch, so the instrument step knows it is late whatever the batch boundaries.
     """
     now = int(datetime.now(UTC).timestamp() * 1e9)
     out: list[Parsed] = []
     progress: dict[tuple[str, int], int] = {}
+    proposed: dict[tuple[str, int], int] = {}
+    proposals_idle: dict[tuple[str, int], int] = {}
     tick_blocks: list[MessageBlock] = []
     for block in as_blocks(items):
         if isinstance(block, SourceIdle):
-            _idle_progress(block, kinds, config, progress)
+            kind = kinds.get(block.topic)
+            if kind == PROPOSAL:
+                _idle_progress(block, config, proposals_idle)
+            elif kind in config.fence_kinds:
+                _idle_progress(block, config, progress)
             continue
         metrics.MESSAGES.labels(block.topic).inc(len(block))
         kind = kinds.get(block.topic)
         if kind == "MarketTick":
             tick_blocks.append(block)
             continue
+        part = (block.topic, block.partition)
         for i in range(len(block)):
             parsed = parse_one(block, i, kind, codec, now)
+            if isinstance(parsed, Inbound):  # only valid records move event time forward
+                ts = parsed.record["ts_event"]
+                if parsed.kind == PROPOSAL:
+                    before = proposed.get(part)
+                    if before is not None and ts < before:
+                        out.append(Progress(PROPOSAL, ((*part, before),)))
+                    proposed[part] = max(
+                        ts - config.lateness_ns, NO_PROGRESS if before is None else before
+                    )
+                elif parsed.kind in config.fence_kinds:
+                    progress[part] = max(progress.get(part, 0), ts - config.lateness_ns + 1)
             out.append(parsed)
-            if isinstance(parsed, Inbound) and parsed.kind in config.fence_kinds:
-                # only valid records move event time forward
-                part = (block.topic, block.partition)
-                seen = parsed.record["ts_event"] - config.lateness_ns + 1
-                progress[part] = max(progress.get(part, 0), seen)
     if tick_blocks:
         out.extend(tick_batches(tick_blocks, codec, now))
     lanes: dict[str, list[tuple[str, int, int]]] = {}
     for (topic, partition), ts in progress.items():
         lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
     out.extend(Progress(kind, tuple(parts)) for kind, parts in lanes.items())
+    if proposed:
+        out.append(Progress(PROPOSAL, tuple((t, p, ts) for (t, p), ts in proposed.items())))
+    if proposals_idle:
+        parts = tuple((t, p, ts) for (t, p), ts in proposals_idle.items())
+        out.append(Progress(PROPOSAL, parts, idle=True))
     return out
 
 
@@ -125,12 +151,9 @@ def parse_one(
 
 
 def _idle_progress(
-    idle: SourceIdle, kinds: Mapping[str, str], config: EngineConfig,
-    progress: dict[tuple[str, int], int],
-) -> None:  # fmt: skip
+    idle: SourceIdle, config: EngineConfig, progress: dict[tuple[str, int], int]
+) -> None:
     """Event-time progress implied by an idle partition (none for wall clock in replays)."""
-    if kinds.get(idle.topic) not in config.fence_kinds:
-        return
     if idle.ts == END_OF_TIME:
         ts = END_OF_TIME
     elif config.wait_for_data:

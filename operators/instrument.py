@@ -1,36 +1,48 @@
-"""Per-instrument state: ticks, kernel features at bar closes, and the as-of join of proposals.
+"""Instrument shards: ticks, kernel features at bar closes, and the as-of join of proposals.
 
 Point in time: a proposal at ``T`` is judged on the last tick at or before ``T`` and on the
 features of the last bar that ended at or before ``T - lateness`` (such a bar is closed,
 whatever the arrival order, once a tick after ``T`` has been seen). Proposals wait until
 then: live runs at most ``max_wait_ns`` of wall-clock time (then stale), replays for data.
+
+History: each instrument keeps its ticks and bars back to the proposals' frontier (the
+least progress over every proposal partition, and the oldest waiting proposal), at least
+``TICK_HISTORY`` ticks and ``BAR_HISTORY`` bars, at most the configured caps. So however
+far ticks are read ahead of a proposal partition, its proposals find the state as of
+their own time. A *late* proposal (behind its own partition's progress, i.e. more than
+the allowed lateness behind an earlier proposal there) is priced as of that progress and
+marked stale; one whose tick or bar is no longer held gets no market data, stale. Both
+are counted in ``riskstream_instrument_history_misses_total``.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators import metrics
 from operators.config import EngineConfig
 from operators.deadletter import dead_letter
 from operators.kernels import BondSpec, FeatureConfig, InstrumentFeatures
 from operators.kernels.bars import RUN_CLOSE, RUN_INVALID, RUN_LATE
 from operators.kernels.fixed_income import bond_risk
-from operators.kernels.history import TickHistory
+from operators.kernels.history import BarHistory, TickHistory
 from operators.kernels.liquidity import quoted_spread_bps
 from operators.kernels.validation import INVALID_PRICE, LATE, check_tick
 from operators.records import (
+    END_OF_TIME,
+    PROPOSAL,
     DeadLetterItem,
     Inbound,
     Mark,
     MarketView,
     PricedProposal,
+    Progress,
     Record,
     StateWrite,
     TickBatch,
@@ -39,18 +51,25 @@ from operators.snapshot import freeze, thaw
 from operators.tick_ingest import tick_batch_of
 
 TICK_HISTORY = 4096
+"""Ticks every instrument keeps at least (live: proposals behind idle progress use them)."""
 BAR_HISTORY = 512
+"""Bars every instrument keeps at least."""
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 InstrumentOut = PricedProposal | Mark | StateWrite | DeadLetterItem
+InstrumentIn = Inbound | TickBatch | Progress
+Part = tuple[str, int]
 
 
 @dataclass
 class Pending:
-    """A proposal waiting for the ticks up to its ts_event."""
+    """A proposal waiting for the ticks up to the time it is priced at."""
 
     item: Inbound
     deadline_ns: int
+    as_of_ns: int
+    """Its ts_event, or its partition's progress when it is late."""
+    late: bool = False
 
 
 @dataclass
@@ -61,8 +80,7 @@ class InstrumentState:
     instrument_id: str = ""
     instrument: Record | None = None
     ticks: TickHistory = field(default_factory=lambda: TickHistory(TICK_HISTORY))
-    bar_ts: deque[int] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
-    bar_values: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
+    bars: BarHistory = field(default_factory=lambda: BarHistory(BAR_HISTORY))
     watermark: int = -1
     """Largest tick event time seen (-1 before the first tick)."""
     pending: list[Pending] = field(default_factory=list)
@@ -79,16 +97,21 @@ class InstrumentState:
             self.ticks.insert(batch.ts, batch.bid, batch.ask, batch.last, batch.yld, i0, stop)
             self.watermark = max(self.watermark, int(batch.ts[i0:stop].max()))
         if closed:  # bars close in order; features() now describe the newest one
-            self.bar_ts.append(closed[-1].end_ns)
-            self.bar_values.append(self.features.bar_features())
+            self.bars.append(closed[-1].end_ns, self.features.bar_features())
         return stop, code
+
+    def evict(self, through: int, lateness_ns: int) -> None:
+        """Drop history no view at or after ``through`` needs (the minimums stay)."""
+        self.ticks.evict(through)
+        self.bars.evict(through - lateness_ns)
+
+    def holds(self, ts: int, lateness_ns: int) -> bool:
+        """True when :meth:`view_as_of` at ``ts`` is exact: nothing it needs was dropped."""
+        return self.ticks.reaches(ts) and self.bars.reaches(ts - lateness_ns)
 
     def view_as_of(self, ts: int, lateness_ns: int) -> MarketView:
         """Market state at ``ts``: the last tick at or before it, the last settled bar."""
-        j = bisect.bisect_right(self.bar_ts, ts - lateness_ns)
-        features = (
-            {k: v for k, v in self.bar_values[j - 1].items() if math.isfinite(v)} if j else {}
-        )
+        features = self.bars.as_of(ts - lateness_ns)
         found = self.ticks.as_of(ts)
         if found is None:
             return MarketView(self.instrument, features=features)
@@ -98,6 +121,32 @@ class InstrumentState:
         features["quoted_spread_bps"] = quoted_spread_bps(bid, ask)
         features.update(bond_features(self.instrument, ts, yld))
         return MarketView(self.instrument, tick_ts, last, bid, ask, features)
+
+
+@dataclass
+class InstrumentShard:
+    """The instruments of one shard key and the proposal partitions' progress."""
+
+    instruments: dict[str, InstrumentState] = field(default_factory=dict)
+    proposed: dict[Part, int] = field(default_factory=dict)
+    """Per proposal partition: the largest ts_event minus lateness of its proposals so far."""
+    idle: dict[Part, int] = field(default_factory=dict)
+    """Per proposal partition: progress from idle markers (live wall clock, or the end)."""
+
+    def frontier(self, parts: tuple[Part, ...]) -> int | None:
+        """No proposal below this can still come from ``parts`` but a late one (None: unknown).
+
+        Unknown while any partition has not reported, or when none is configured.
+        """
+        if not parts:
+            return None
+        least = END_OF_TIME
+        for part in parts:
+            data, idle = self.proposed.get(part), self.idle.get(part)
+            if data is None and idle is None:
+                return None
+            least = min(least, max(x for x in (data, idle) if x is not None))
+        return least
 
 
 def bond_spec(instrument: Record | None) -> BondSpec | None:
@@ -152,72 +201,111 @@ def _ref_fields(rec: Record) -> dict[str, str]:
     return {k: str(v) for k, v in rec.items() if v is not None and k != "ts_event"}
 
 
-class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, bytes]):
-    """Keeps one instrument's features and answers proposals as of their own ts_event."""
+class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
+    """One instrument shard key: its instruments' features and proposals' as-of prices.
 
-    def __init__(self, config: EngineConfig, state: bytes | InstrumentState | None) -> None:
+    History is evicted only behind the proposals' frontier (see the module doc).
+    """
+
+    def __init__(self, config: EngineConfig, state: bytes | InstrumentShard | None) -> None:
         self.config = config
         self.bars_per_day = config.bars_per_day or max(1.0, 6.5 * 3600e9 / config.bar_interval_ns)
-        self.state = (
-            thaw(state, InstrumentState)
-            if state is not None
-            else InstrumentState(
-                InstrumentFeatures(
-                    FeatureConfig(
-                        bar_interval_ns=config.bar_interval_ns,
-                        lateness_ns=config.lateness_ns,
-                        ewma_lambda=config.ewma_lambda,
-                    )
+        self.state = thaw(state, InstrumentShard) if state is not None else InstrumentShard()
+        self.frontier = self.state.frontier(config.proposal_parts)
+
+    def instrument(self, instrument_id: str) -> InstrumentState:
+        """The state of one instrument (new when first seen)."""
+        ist = self.state.instruments.get(instrument_id)
+        if ist is None:
+            cfg = self.config
+            features = InstrumentFeatures(
+                FeatureConfig(
+                    bar_interval_ns=cfg.bar_interval_ns,
+                    lateness_ns=cfg.lateness_ns,
+                    ewma_lambda=cfg.ewma_lambda,
                 )
             )
-        )
+            ist = InstrumentState(
+                features,
+                instrument_id,
+                ticks=TickHistory(TICK_HISTORY, cfg.tick_history_cap),
+                bars=BarHistory(BAR_HISTORY, cfg.bar_history_cap),
+            )
+            self.state.instruments[instrument_id] = ist
+        return ist
 
-    def on_batch(self, values: list[Inbound | TickBatch]) -> tuple[Iterable[InstrumentOut], bool]:
+    def on_batch(self, values: list[InstrumentIn]) -> tuple[Iterable[InstrumentOut], bool]:
         out: list[InstrumentOut] = []
-        st = self.state
+        touched: dict[str, InstrumentState] = {}
         for item in values:
+            if isinstance(item, Progress):
+                self._progress(item)
+                continue
             if isinstance(item, Inbound) and item.kind == "MarketTick":
                 item = tick_batch_of(item)
             if isinstance(item, TickBatch):
-                st.instrument_id = item.instrument_id
-                out.extend(self._ticks(item))
+                ist = touched[item.instrument_id] = self.instrument(item.instrument_id)
+                out.extend(self._ticks(ist, item))
                 continue
             rec = item.record
-            st.instrument_id = rec["instrument_id"]
+            ist = touched[rec["instrument_id"]] = self.instrument(rec["instrument_id"])
             if item.kind == "Instrument":
-                st.instrument = rec
+                ist.instrument = rec
                 out.append(
-                    StateWrite(f"reference:{st.instrument_id}", rec["ts_event"], _ref_fields(rec))
+                    StateWrite(f"reference:{ist.instrument_id}", rec["ts_event"], _ref_fields(rec))
                 )
             else:
-                pending = Pending(item, item.received_ns + self.config.max_wait_ns)
-                if self._complete(pending):
-                    out.append(self._priced(item, stale=False))
+                pending = self._pending(item)
+                if self._complete(ist, pending):
+                    out.append(self._priced(ist, pending, stale=False))
                 else:
-                    st.pending.append(pending)
-        if st.pending:
-            out.extend(self._release(self._complete))
+                    ist.pending.append(pending)
+        for ist in touched.values():
+            if ist.pending:
+                out.extend(self._release(ist, partial(self._complete, ist)))
         return out, StatefulBatchLogic.RETAIN
 
-    def _ticks(self, batch: TickBatch) -> list[InstrumentOut]:
+    def _progress(self, item: Progress) -> None:
+        """A proposal partition's progress (from its proposals, or idle markers)."""
+        if item.kind != PROPOSAL:
+            return
+        seen = self.state.idle if item.idle else self.state.proposed
+        for topic, partition, ts in item.parts:
+            part = (topic, partition)
+            seen[part] = max(seen.get(part, ts), ts)
+        self.frontier = self.state.frontier(self.config.proposal_parts)
+
+    def _pending(self, item: Inbound) -> Pending:
+        """A proposal to price: as of its ts_event, or of its partition's progress if late."""
+        ts = item.record["ts_event"]
+        floor = self.state.proposed.get((item.source.topic, item.source.partition))
+        late = floor is not None and ts < floor
+        as_of = floor if late and floor is not None else ts
+        return Pending(item, item.received_ns + self.config.max_wait_ns, as_of, late)
+
+    def _ticks(self, ist: InstrumentState, batch: TickBatch) -> list[InstrumentOut]:
         """Add a batch of ticks: rejected ones are dead-lettered, closed bars give marks."""
         out: list[InstrumentOut] = []
         i = 0
         while i < len(batch):
-            i, code = self.state.add_ticks(batch, i)
+            i, code = ist.add_ticks(batch, i)
             if code == RUN_CLOSE:
-                out.extend(self._bar_outputs())
+                out.extend(self._bar_outputs(ist))
             elif code in (RUN_LATE, RUN_INVALID):
-                out.append(self._rejected(batch, i, code))
+                out.append(self._rejected(ist, batch, i, code))
                 i += 1
+        if self.frontier is not None:
+            through = min((p.as_of_ns for p in ist.pending), default=self.frontier)
+            ist.evict(min(through, self.frontier), self.config.lateness_ns)
         return out
 
-    def _rejected(self, batch: TickBatch, i: int, code: int) -> DeadLetterItem:
-        st = self.state
+    def _rejected(
+        self, ist: InstrumentState, batch: TickBatch, i: int, code: int
+    ) -> DeadLetterItem:
         ts = int(batch.ts[i])
         if code == RUN_LATE:
             reason = LATE
-            why = f"instrument: tick at {ts} is behind the bars closed for {st.instrument_id!r}"
+            why = f"instrument: tick at {ts} is behind the bars closed for {ist.instrument_id!r}"
         else:
             yld = float(batch.yld[i])
             reason = check_tick(
@@ -230,64 +318,90 @@ class InstrumentLogic(StatefulBatchLogic[Inbound | TickBatch, InstrumentOut, byt
         )
         return DeadLetterItem(letter)
 
-    def _bar_outputs(self) -> list[InstrumentOut]:
+    def _bar_outputs(self, ist: InstrumentState) -> list[InstrumentOut]:
         """The mark and the Redis snapshot of the bar that just closed."""
-        st = self.state
-        end = st.bar_ts[-1]
-        values = st.bar_values[-1]
+        end = ist.bars.last_end()
+        assert end is not None
+        values = ist.bars.last()
         vol = daily_vol(values, self.bars_per_day)
         ewm = values.get("ewm_vol_0.94", math.nan)
         mark = Mark(
-            st.instrument_id,
+            ist.instrument_id,
             end,
             values["bar_close"],
             0.0 if math.isnan(vol) else vol,
             spread_bps=values.get("bar_spread_bps", math.nan),
             volume=values.get("bar_volume", 0.0),
-            bar_yield=st.features.last_bar.close_yield if st.features.last_bar else math.nan,
+            bar_yield=ist.features.last_bar.close_yield if ist.features.last_bar else math.nan,
             log_return=values.get("log_return_1", math.nan),
             ewma_var=ewm * ewm,
         )
         fields = {k: repr(v) for k, v in values.items() if math.isfinite(v)}
         fields["daily_vol"] = repr(vol) if math.isfinite(vol) else "nan"
-        return [mark, StateWrite(f"instrument:{st.instrument_id}", end, fields)]
+        return [mark, StateWrite(f"instrument:{ist.instrument_id}", end, fields)]
 
-    def _complete(self, p: Pending) -> bool:
+    def _complete(self, ist: InstrumentState, p: Pending) -> bool:
         """Reference data is known and no tick at or before the proposal can still come."""
-        st = self.state
-        settled = st.watermark - self.config.lateness_ns
-        return st.instrument is not None and p.item.record["ts_event"] < settled
+        settled = ist.watermark - self.config.lateness_ns
+        return ist.instrument is not None and p.as_of_ns < settled
 
-    def _release(self, ready: Callable[[Pending], bool]) -> list[PricedProposal]:
+    def _release(
+        self, ist: InstrumentState, ready: Callable[[Pending], bool]
+    ) -> list[PricedProposal]:
         keep: list[Pending] = []
         done: list[Pending] = []
-        for p in self.state.pending:
+        for p in ist.pending:
             (done if ready(p) else keep).append(p)
-        self.state.pending = keep
-        return [self._priced(p.item, not self._complete(p)) for p in done]
+        ist.pending = keep
+        return [self._priced(ist, p, not self._complete(ist, p)) for p in done]
 
-    def _priced(self, item: Inbound, stale: bool) -> PricedProposal:
-        view = self.state.view_as_of(item.record["ts_event"], self.config.lateness_ns)
+    def _priced(self, ist: InstrumentState, p: Pending, stale: bool) -> PricedProposal:
+        item, lateness = p.item, self.config.lateness_ns
+        held = ist.holds(p.as_of_ns, lateness)
+        if held:
+            view = ist.view_as_of(p.as_of_ns, lateness)
+        else:  # what it needs was dropped: no market data (fail safe), never a wrong tick
+            view = MarketView(ist.instrument)
+            metrics.HISTORY_MISSES.labels("evicted").inc()
+        if p.late:
+            metrics.HISTORY_MISSES.labels("late").inc()
         if view.features:
             vol = daily_vol(view.features, self.bars_per_day)
             if math.isfinite(vol):
                 view.features["daily_vol"] = vol
         return PricedProposal(
-            item.record, view, item.source, item.received_ns, stale, item.key, item.raw
+            item.record,
+            view,
+            item.source,
+            item.received_ns,
+            stale or p.late or not held,
+            item.key,
+            item.raw,
+            item.orders_in_window,
         )
+
+    def _release_all(self, ready: Callable[[Pending], bool]) -> list[InstrumentOut]:
+        out: list[InstrumentOut] = []
+        for ist in self.state.instruments.values():
+            if ist.pending:
+                out.extend(self._release(ist, ready))
+        return out
 
     def on_notify(self) -> tuple[Iterable[InstrumentOut], bool]:
         now = _now_ns()
-        return self._release(lambda p: p.deadline_ns <= now), StatefulBatchLogic.RETAIN
+        return self._release_all(lambda p: p.deadline_ns <= now), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[InstrumentOut], bool]:
-        return self._release(lambda p: True), StatefulBatchLogic.RETAIN
+        return self._release_all(lambda p: True), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.config.wait_for_data or not self.state.pending:
+        if self.config.wait_for_data:
             return None
-        deadline = min(p.deadline_ns for p in self.state.pending)
-        return datetime.fromtimestamp(deadline / 1e9, tz=UTC)
+        deadline = min(
+            (p.deadline_ns for ist in self.state.instruments.values() for p in ist.pending),
+            default=None,
+        )
+        return None if deadline is None else datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
     def snapshot(self) -> bytes:
         return freeze(self.state)

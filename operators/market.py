@@ -14,8 +14,12 @@ Market bars
     values the features reject (``invalid_bar``) is skipped and counted in
     ``MarketState.counts``.
 Regime
-    Every complete bar updates the :class:`FeatureWindow`; the windows of all bars
-    completed in one ``on_batch`` go to the regime model in one ``predict_proba`` call.
+    Every complete bar updates the :class:`~models.regime_runtime.RegimeWindow`: the
+    market features and the causal rule-based label of the bar (a
+    :class:`~models.labeler.StreamingLabeler` with the centroids of the regime model's
+    manifest, whose hysteresis state is part of the snapshot); the windows (features and
+    labels of the last 32 bars) of all bars completed in one ``on_batch`` go to the regime
+    model in one ``predict_proba`` call.
     Each bar gives a :class:`RegimeUpdate` (empty probabilities, with a ``status``, while
     the window warms up, for skipped bars and when the model is unavailable or failed)
     and, when there are probabilities, a :class:`RegimeOut` with a ``RegimeEvent`` record.
@@ -73,7 +77,14 @@ from bytewax.operators import StatefulBatchLogic
 from export.manifest import ARTIFACTS
 from models.drift import PsiMonitor
 from models.market_features import FeatureWindow, MarketFeatureError
-from models.regime_runtime import ENCODER_LENGTH, predict_proba, regime_summary
+from models.regime_runtime import (
+    ENCODER_LENGTH,
+    RegimeWindow,
+    labeler_from_extra,
+    predict_proba,
+    reads_labels,
+    regime_summary,
+)
 from models.regime_runtime import MODEL_NAME as REGIME_MODEL
 from models.regimes import REGIMES
 from models.runtime import LoadedModel, load_model
@@ -364,7 +375,8 @@ class Track:
 class MarketState:
     """Everything the market step keeps; pickles for recovery (no ONNX sessions)."""
 
-    window: FeatureWindow = field(default_factory=lambda: FeatureWindow(ENCODER_LENGTH))
+    window: RegimeWindow = field(default_factory=lambda: RegimeWindow(ENCODER_LENGTH))
+    """Features and causal labels of the last ENCODER_LENGTH bars (labeler state inside)."""
     tracks: dict[str, Track] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
     """Candidate bar ends not yet complete, sorted."""
@@ -426,6 +438,8 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
     def __init__(self, config: MarketConfig, state: bytes | MarketState | None) -> None:
         self.config = config
         self.state = thaw(state, MarketState) if state is not None else MarketState()
+        if isinstance(self.state.window, FeatureWindow):  # a snapshot from before labels
+            self.state.window = RegimeWindow.from_feature_window(self.state.window)
         self.bar_ids = config.bar_ids
         self.regime: LoadedModel | None = None
         self.vol: LoadedModel | None = None
@@ -444,8 +458,14 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         if isinstance(regime, str):
             self._failed(cfg.regime_model, UNAVAILABLE, regime, count=False)
         else:
-            self.regime = regime
-            st.model_status[cfg.regime_model] = OK
+            try:
+                labeler = labeler_from_extra(regime.entry.extra) if reads_labels(regime) else None
+            except Exception as exc:  # a manifest entry this code cannot use
+                self._failed(cfg.regime_model, UNAVAILABLE, f"market: {cfg.regime_model}: {exc!r}")
+            else:
+                st.window.use_labeler(labeler)
+                self.regime = regime
+                st.model_status[cfg.regime_model] = OK
         vol = cached_model(cfg.vol_model, cfg.manifest_path, cfg.artifacts)
         if isinstance(vol, str):
             self._failed(cfg.vol_model, UNAVAILABLE, vol, count=False)
@@ -536,7 +556,7 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
         for iid in sorted(touched):  # instruments catching up with bars done before
             self._catch_up(iid, rows)
         bars: list[_Bar] = []
-        windows: list[FloatArray] = []
+        windows: list[tuple[FloatArray, npt.NDArray[np.int64]]] = []
         order = sorted(st.tracks)
         for end in self._complete_ends():
             bar = self._build_bar(end, windows)
@@ -573,7 +593,7 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             st.last_bar = ends[-1]
         return ends
 
-    def _build_bar(self, end: int, windows: list[FloatArray]) -> _Bar:
+    def _build_bar(self, end: int, windows: list[tuple[FloatArray, npt.NDArray[np.int64]]]) -> _Bar:
         st = self.state
         for iid in self.bar_ids:
             if iid in st.tracks:
@@ -616,8 +636,10 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
 
     # -- regime --------------------------------------------------------------------------
 
-    def _infer_regimes(self, bars: list[_Bar], windows: list[FloatArray]) -> None:
-        """One ``predict_proba`` call for every window of the batch."""
+    def _infer_regimes(
+        self, bars: list[_Bar], windows: list[tuple[FloatArray, npt.NDArray[np.int64]]]
+    ) -> None:
+        """One ``predict_proba`` call for every window (features and labels) of the batch."""
         if not windows:
             return
         name = self.config.regime_model
@@ -625,9 +647,10 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
             status = UNAVAILABLE
         else:
             started = time.perf_counter()
-            batch = np.stack(windows)
+            batch = np.stack([w for w, _ in windows])
+            labels = np.stack([lab for _, lab in windows])
             try:
-                proba = predict_proba(self.regime, batch)
+                proba = predict_proba(self.regime, batch, labels)
                 if proba.shape != (len(windows), len(REGIMES)) or not np.isfinite(proba).all():
                     raise ValueError(f"{name}: bad output of shape {proba.shape}")
             except Exception as exc:  # inference must never stop the flow
@@ -642,20 +665,26 @@ class MarketLogic(StatefulBatchLogic[Mark, MarketOut, bytes]):
                 newest = proba[-1]
                 for regime, p in zip(REGIMES, newest.tolist(), strict=True):
                     metrics.REGIME_PROBABILITY.labels(regime=regime.value).set(p)
-                self._shadow_regimes(batch, proba)
+                self._shadow_regimes(batch, labels, proba)
                 return
         for bar in bars:
             if bar.window >= 0:
                 bar.status = status
 
-    def _shadow_regimes(self, batch: FloatArray, live: FloatArray) -> None:
-        """Agreement of the shadow regime model with the live one on the same windows."""
+    def _shadow_regimes(
+        self, batch: FloatArray, labels: npt.NDArray[np.int64], live: FloatArray
+    ) -> None:
+        """Agreement of the shadow regime model with the live one on the same windows.
+
+        The shadow reads the live labeler's labels (a candidate shipping another labeler
+        is compared on the live one's labels; one that reads no labels ignores them).
+        """
         model = self.shadow.regime if self.shadow is not None else None
         if model is None:
             return
         name = self.config.regime_model
         try:
-            proba = predict_proba(model, batch)
+            proba = predict_proba(model, batch, labels)
             if proba.shape != live.shape or not np.isfinite(proba).all():
                 raise ValueError(f"{name} (shadow): bad output of shape {proba.shape}")
         except Exception:  # the shadow must never disturb the live path

@@ -89,3 +89,11 @@ CONTROL_ACCEPTED = Counter(
     "Control commands that passed the gate (signature, freshness, nonce), by key id.",
     ["key_id"],
 )
+HISTORY_MISSES = Counter(
+    "riskstream_instrument_history_misses_total",
+    "Proposals the instrument step could not price as of their own ts_event, by reason:"
+    " late (behind their partition's progress: priced as of it, stale), evicted (the tick or"
+    " bar at or before it is no longer held, past the history cap or behind live idle"
+    " progress: no market data, stale).",
+    ["reason"],
+)

@@ -34,7 +34,7 @@ from operators.records import (
     Record,
     StateWrite,
 )
-from operators.risk_model import BarReturns, EwmaCovariance, OrderRate
+from operators.risk_model import BarReturns, EwmaCovariance
 from operators.snapshot import freeze, thaw
 
 T = TypeVar("T")
@@ -207,7 +207,6 @@ class ShardState:
     covariance: EwmaCovariance = field(default_factory=EwmaCovariance)
     models: deque[tuple[int, EwmaCovariance]] = field(default_factory=deque)
     """(bar end, covariance model after that bar): the model as of a proposal's time."""
-    rates: dict[str, OrderRate] = field(default_factory=dict)
     closed_bars: list[int] = field(default_factory=list)
     """Bar ends the covariance just took in, for the automatic triggers to look at."""
     peaks: dict[str, float] = field(default_factory=dict)
@@ -217,6 +216,8 @@ class ShardState:
     vol_forecasts: dict[str, deque[VolForecast]] = field(default_factory=dict)
     forecast_through: dict[str, int] = field(default_factory=dict)
     """Per instrument, the last bar end the market step forecast for (NaN ones too)."""
+    first_mark: int = -1
+    """Event time of the earliest mark seen (-1 before any)."""
 
     def forecast_as_of(self, instrument_id: str, ts: int) -> VolForecast | None:
         """The last volatility forecast for an instrument made at or before ``ts``."""
@@ -232,23 +233,33 @@ class ShardState:
 
     def add_mark(self, mark: Mark) -> None:
         """File a bar-close mark (the covariance takes it in at :meth:`close_bars`)."""
+        if self.first_mark < 0 or mark.ts_event < self.first_mark:
+            self.first_mark = mark.ts_event
         self.marks.setdefault(mark.instrument_id, deque()).append(mark)
         self.returns.add(mark)
 
-    def close_bars(self, every_instrument: bool, known_through: int) -> None:
+    def close_bars(self, known_through: int, quiet_ns: int | None = None) -> None:
         """Update the covariance with every bar all instruments closed.
 
-        ``every_instrument`` (replays): wait for every instrument with reference data, and
-        only for bars before ``known_through`` (all reference data up to it is in), so
-        that no return is left out of a bar whatever the arrival order; live: for the
-        instruments that have sent marks.
+        Waits for every instrument with reference data, and only for bars before
+        ``known_through`` (all reference data up to it is in), so that no return is left
+        out of a bar whatever the arrival order. Live runs (``quiet_ns``) stop waiting for
+        an instrument whose last mark (or, never marked, the first mark of any) is more
+        than ``quiet_ns`` older than the newest: a quiet market must not hold all others.
         """
-        waited = self.references if every_instrument else self.marks
+        waited: Iterable[str] = self.references
+        if quiet_ns is not None and self.marks:
+            newest = max(m[-1].ts_event for m in self.marks.values() if m)
+            since = self.first_mark if self.first_mark >= 0 else newest
+            waited = [
+                i
+                for i in waited
+                if newest - (m[-1].ts_event if (m := self.marks.get(i)) else since) <= quiet_ns
+            ]
         complete = min(
             (m[-1].ts_event if (m := self.marks.get(i)) else -1 for i in waited), default=-1
         )
-        if every_instrument:
-            complete = min(complete, known_through - 1)
+        complete = min(complete, known_through - 1)
         for end, returns, priors in self.returns.flush(complete):
             self.covariance.update(end, returns, priors)
             self.models.append((end, self.covariance.snapshot()))
@@ -402,7 +413,8 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             else:
                 out.extend(self._control(item))
         if any(isinstance(v, Mark | Progress) for v in values):  # bars may be complete now
-            st.close_bars(self.config.wait_for_data, self._fenced_through())
+            quiet = None if self.config.wait_for_data else self.config.stale_after_ns
+            st.close_bars(self._fenced_through(), quiet)
             out.extend(self._auto_triggers())
             st.trim(self.config.bar_interval_ns)
         out.extend(self._release(self._ready, below=self._ready_below()))
@@ -431,21 +443,40 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         return min((progress.get(part, 0) for part in self.config.fence), default=END_OF_TIME)
 
     def _ready_below(self) -> int:
-        """Event time no ready proposal reaches: the fences, and in replays the shared bars.
+        """Event time no ready proposal reaches: the fences and the shared bars.
 
-        A replay decides ``T`` only once the covariance (and the regime, when the market
-        bars come) reached the bar of ``T``; ``_ready`` checks the rest proposal by proposal.
+        ``T`` is decided only once the covariance (and the regime, when the market bars
+        come) reached the bar of ``T``; ``_ready`` checks the rest proposal by proposal.
         """
+        st, step = self.state, self.config.bar_interval_ns
         below = self._fenced_through()
-        if self.config.wait_for_data:
-            st, step = self.state, self.config.bar_interval_ns
+        if self._bars_flow():
             below = min(below, (st.model_through // step + 1) * step)
-            market = self.config.market_ids
-            if market and set(market) <= set(st.references):
+            if self._market_bars():
                 below = min(below, (st.regime_through // step + 1) * step)
         return below
 
+    def _bars_flow(self) -> bool:
+        """Whether proposals wait for the bars: replays always, live runs once marks come.
+
+        Before the first mark a live shard cannot tell a market that has not started from
+        one that never will, so it decides at once (with a warming risk model).
+        """
+        return self.config.wait_for_data or bool(self.state.marks)
+
+    def _market_bars(self) -> bool:
+        """Whether the market step will produce regimes (its instruments are all known)."""
+        market = self.config.market_ids
+        return bool(market) and set(market) <= set(self.state.references)
+
     def _ready(self, w: Waiting) -> bool:
+        """Every input as of the proposal's time is in: then live and replay decide alike.
+
+        The fences passed it; no fill of its portfolio waits for reference data; the
+        covariance, the regime and the volatility forecasts reached its bar, and every
+        instrument its book holds has marked that bar. Live runs stop waiting at the
+        deadline (the decision is then stale), replays wait for the data.
+        """
         st, p = self.state, w.priced.proposal
         ts = p["ts_event"]
         if any(st.progress.get(part, 0) <= ts for part in self.config.fence):
@@ -455,27 +486,22 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             f.record["portfolio_id"] == pid and f.record["ts_event"] <= ts for f in st.held_fills
         ):
             return False
-        if self.config.wait_for_data:
-            # replays: the covariance and every held instrument's mark up to the bar of ts
-            floor = ts - ts % self.config.bar_interval_ns
-            if st.model_through < floor:
+        if not self._bars_flow():
+            return True
+        floor = ts - ts % self.config.bar_interval_ns
+        if st.model_through < floor:
+            return False
+        bars = self._market_bars()
+        if bars and st.regime_through < floor:
+            return False  # the market step will produce this bar's regime
+        held = [i for i, q in st.books[pid].as_of(ts)[1].items() if q] if pid in st.books else []
+        for inst in held:
+            marks = st.marks.get(inst)
+            if inst != p["instrument_id"] and (not marks or marks[-1].ts_event < floor):
                 return False
-            market = self.config.market_ids
-            bars = bool(market) and set(market) <= set(st.references)  # market bars will come
-            if bars and st.regime_through < floor:
-                return False  # the market step will produce this bar's regime
-            held = (
-                [i for i, q in st.books[pid].as_of(ts)[1].items() if q] if pid in st.books else []
-            )
-            for inst in held:
-                marks = st.marks.get(inst)
-                if inst != p["instrument_id"] and (not marks or marks[-1].ts_event < floor):
-                    return False
-            if bars and any(
-                st.forecast_through.get(i, -1) < floor for i in {p["instrument_id"], *held}
-            ):
-                return False  # and the volatility forecasts of this bar
-        return True
+        return not bars or all(
+            st.forecast_through.get(i, -1) >= floor for i in {p["instrument_id"], *held}
+        )  # and the volatility forecasts of this bar
 
     def _release(
         self, ready: Callable[[Waiting], bool], below: int = END_OF_TIME + 1
@@ -504,10 +530,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         ts = p["ts_event"]
         book = self.state.books.get(p["portfolio_id"]) or Book(self.config.portfolio_capital)
         limits = self.state.limits_as_of(self.config.limits, p["portfolio_id"], ts)
-        rate = self.state.rates.setdefault(
-            p["portfolio_id"], OrderRate(int(limits.order_window_s * 1e9))
-        )
-        context = self._context(p, ts, rate.admit(ts, p["proposal_id"]))
+        context = self._context(p, ts, priced.orders_in_window)
         record = decide(
             p,
             priced.market,

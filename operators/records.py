@@ -35,6 +35,9 @@ class Inbound:
     key: bytes | None = None
     raw: bytes | None = None
     """The original bytes, kept for the dead-letter topic."""
+    orders_in_window: int = 0
+    """Proposals: its portfolio's proposals in the order-rate window, itself included, in
+    its partition's order (``operators.order_rate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,8 @@ class PricedProposal:
     stale: bool = False
     key: bytes | None = None
     raw: bytes | None = None
+    orders_in_window: int = 0
+    """See ``Inbound.orders_in_window``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,5 +199,12 @@ class Progress:
     """For each ``(topic, partition, ts)``: no record below ``ts`` is still to come there."""
 
     kind: str
-    """Record name of the topics (``ControlCommand`` or ``Execution``): the lane it follows."""
+    """Record name of the topics (``ControlCommand``, ``Execution``, ``Instrument`` or
+    ``TradeProposal``): the lane it follows."""
     parts: tuple[tuple[str, int, int], ...]
+    idle: bool = False
+    """From idle markers (wall clock, or the end), not from the records' event times."""
+
+
+PROPOSAL = "TradeProposal"
+"""Record name of trade proposals, whose progress goes to the instrument step only."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import TypeGuard, TypeVar
 
@@ -10,6 +11,7 @@ from operators.config import EngineConfig
 from operators.market import RegimeUpdate, VolForecast
 from operators.portfolio import ShardIn, all_shard_keys, shard_key
 from operators.records import (
+    PROPOSAL,
     DeadLetterItem,
     Decided,
     Inbound,
@@ -49,16 +51,34 @@ def is_reference(item: Inbound | Progress | TickBatch) -> bool:
     return item.kind == "Instrument"
 
 
-def instrument_input(item: Inbound | Progress | TickBatch) -> Inbound | TickBatch | None:
-    """What the instrument step takes: records and ticks (reference progress: shards only)."""
-    return None if isinstance(item, Progress) else item
+InstrumentIn = Inbound | TickBatch | Progress
 
 
-def instrument_key(item: Inbound | TickBatch) -> str:
-    """Ticks, reference data and proposals meet at their instrument."""
-    if isinstance(item, TickBatch):
-        return item.instrument_id
-    return str(item.record["instrument_id"])
+def instrument_shard_key(instrument_id: str, shards: int) -> str:
+    """The instrument shard of an instrument: CRC-32, the same in every process."""
+    return f"instrument-{zlib.crc32(instrument_id.encode()) % shards:03d}"
+
+
+def all_instrument_keys(shards: int) -> list[str]:
+    """Every instrument shard key."""
+    return [f"instrument-{i:03d}" for i in range(shards)]
+
+
+def to_instruments(
+    item: Inbound | Progress | TickBatch, shards: int
+) -> list[tuple[str, InstrumentIn]]:
+    """Ticks, reference data and proposals to their instrument's shard.
+
+    Proposal progress goes to every instrument shard (other progress: shards only). One
+    function for all of them, so a proposal and the progress after it in its partition
+    reach an instrument shard in that order.
+    """
+    if isinstance(item, Progress):
+        if item.kind != PROPOSAL:
+            return []
+        return [(key, item) for key in all_instrument_keys(shards)]
+    iid = item.instrument_id if isinstance(item, TickBatch) else str(item.record["instrument_id"])
+    return [(instrument_shard_key(iid, shards), item)]
 
 
 T = TypeVar("T")

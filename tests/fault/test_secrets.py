@@ -303,7 +303,8 @@ def test_live_run_when_every_secret_is_in_use_leaks_none(broker, tls_redis):
     finally:
         output = stop(proc)
 
-    assert score["decision"] == "APPROVE", output
+    misses = [ln for ln in metrics.splitlines() if "history_misses" in ln or "late_inputs" in ln]
+    assert score["decision"] == "APPROVE", (score["reasons"], score["stale"], misses)
     assert len(letters) == 2, output
     assert state.get(b"state") == b"ACTIVE", output  # the signed RESUME, written over TLS
     assert 'riskstream_control_refused_total{reason="BAD_SIGNATURE"} 1.0' in metrics

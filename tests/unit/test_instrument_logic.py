@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from operators.config import EngineConfig
-from operators.instrument import TICK_HISTORY, InstrumentLogic
+from operators.instrument import TICK_HISTORY, InstrumentLogic, InstrumentState
 from operators.records import (
     DeadLetterItem,
     Inbound,
@@ -39,6 +39,11 @@ def px(ts: int, last: float) -> Inbound:
 
 def logic(**config: Any) -> InstrumentLogic:
     return InstrumentLogic(EngineConfig(**config), None)
+
+
+def aapl(lg: InstrumentLogic) -> InstrumentState:
+    """The state of the one instrument the tests feed."""
+    return lg.state.instruments["AAPL"]
 
 
 def feed(lg: InstrumentLogic, *items: Inbound) -> list[Any]:
@@ -76,7 +81,7 @@ def test_view_as_of_when_tick_at_exactly_ts_event_includes_it():
     lg = logic()
     feed(lg, px(T0, 100.0), px(T0 + SECOND, 101.0), px(T0 + 2 * SECOND, 102.0))
 
-    view = lg.state.view_as_of(T0 + SECOND, LATENESS)
+    view = aapl(lg).view_as_of(T0 + SECOND, LATENESS)
 
     assert (view.ts_last, view.last) == (T0 + SECOND, 101.0)
 
@@ -85,7 +90,7 @@ def test_view_as_of_when_before_first_tick_has_no_market_data():
     lg = logic()
     feed(lg, inb("Instrument", instrument()), px(T0, 100.0))
 
-    view = lg.state.view_as_of(T0 - 1, LATENESS)
+    view = aapl(lg).view_as_of(T0 - 1, LATENESS)
 
     assert (view.ts_last, view.last, view.bid, view.ask) == (None, None, None, None)
     assert view.instrument is not None
@@ -95,7 +100,7 @@ def test_view_as_of_when_quote_known_reports_spread_in_basis_points():
     lg = logic()
     feed(lg, inb("MarketTick", tick(ts_event=T0, bid=99.0, ask=101.0, last=100.0)))
 
-    assert lg.state.view_as_of(T0, LATENESS).features["quoted_spread_bps"] == pytest.approx(200.0)
+    assert aapl(lg).view_as_of(T0, LATENESS).features["quoted_spread_bps"] == pytest.approx(200.0)
 
 
 # --- waiting --------------------------------------------------------------------------------
@@ -112,7 +117,7 @@ def test_on_batch_when_no_tick_after_ts_event_keeps_proposal_waiting():
     [p] = priced(feed(lg, px(T0 + 2 * SECOND, 102.0)))
 
     assert (p.market.ts_last, p.market.last, p.stale) == (T0 + SECOND, 101.0, False)
-    assert lg.state.pending == []
+    assert aapl(lg).pending == []
 
 
 def test_on_batch_when_reference_data_missing_waits_for_it():
@@ -139,7 +144,7 @@ def test_on_batch_when_several_proposals_wait_releases_only_the_covered_ones():
     out = priced(feed(lg, px(T0 + 2 * SECOND, 102.0)))
 
     assert [p.proposal["proposal_id"] for p in out] == ["early"]
-    assert [p.item.record["proposal_id"] for p in lg.state.pending] == ["late"]
+    assert [p.item.record["proposal_id"] for p in aapl(lg).pending] == ["late"]
 
 
 def test_on_eof_when_proposals_wait_releases_them_marked_stale():
@@ -153,7 +158,7 @@ def test_on_eof_when_proposals_wait_releases_them_marked_stale():
     assert p.proposal["proposal_id"] == "P-w"
     assert p.stale is True
     assert (p.market.ts_last, p.market.last) == (T0, 100.0)
-    assert lg.state.pending == []
+    assert aapl(lg).pending == []
 
 
 def test_on_eof_when_reference_data_never_came_releases_stale_without_instrument():
@@ -182,7 +187,7 @@ def test_on_notify_when_deadline_passed_releases_stale_and_keeps_the_rest():
     out, _ = lg.on_notify()
 
     assert [(p.proposal["proposal_id"], p.stale) for p in priced(list(out))] == [("old", True)]
-    assert [p.item.record["proposal_id"] for p in lg.state.pending] == ["new"]
+    assert [p.item.record["proposal_id"] for p in aapl(lg).pending] == ["new"]
 
 
 def test_notify_at_when_live_returns_earliest_deadline():
@@ -223,8 +228,8 @@ def test_view_as_of_when_ticks_arrive_shuffled_gives_same_prices(seed):
     ordered, shuffled = _replayed(None), _replayed(seed)
 
     for ts in _PROBES:
-        a = ordered.state.view_as_of(ts, SHUFFLE_LATENESS)
-        b = shuffled.state.view_as_of(ts, SHUFFLE_LATENESS)
+        a = aapl(ordered).view_as_of(ts, SHUFFLE_LATENESS)
+        b = aapl(shuffled).view_as_of(ts, SHUFFLE_LATENESS)
         assert (a.ts_last, a.last, a.bid, a.ask) == (b.ts_last, b.last, b.bid, b.ask), ts
 
 
@@ -233,8 +238,8 @@ def test_view_as_of_when_ticks_arrive_shuffled_gives_same_view_with_features(see
     ordered, shuffled = _replayed(None), _replayed(seed)
 
     for ts in _PROBES:
-        a = ordered.state.view_as_of(ts, SHUFFLE_LATENESS)
-        assert plain(a) == plain(shuffled.state.view_as_of(ts, SHUFFLE_LATENESS)), ts
+        a = aapl(ordered).view_as_of(ts, SHUFFLE_LATENESS)
+        assert plain(a) == plain(aapl(shuffled).view_as_of(ts, SHUFFLE_LATENESS)), ts
 
 
 def test_on_batch_when_ticks_arrive_shuffled_prices_proposals_the_same():
@@ -269,13 +274,13 @@ def test_on_batch_when_tick_older_than_full_history_still_counts_in_its_bar():
     lg = logic()
     feed(lg, inb("Instrument", instrument()))
     feed(lg, *(px(T0 + i * 1000, 100.0) for i in range(1, TICK_HISTORY + 1)))
-    assert len(lg.state.ticks) == TICK_HISTORY
+    assert len(aapl(lg).ticks) == TICK_HISTORY
 
     out = feed(lg, px(T0, 99.0))  # same open bar: accepted, not lost
 
     assert not any(isinstance(o, DeadLetterItem) for o in out)
     feed(lg, px(T0 + 2 * SECOND, 100.0))
-    assert lg.state.bar_values[-1]["bar_ticks"] == TICK_HISTORY + 1
+    assert aapl(lg).bars.last()["bar_ticks"] == TICK_HISTORY + 1
 
 
 # --- bars, marks and executions ---------------------------------------------------------------

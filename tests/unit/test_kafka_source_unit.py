@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from dataflows.kafka_source import _Partition, _SharedConsumer
+from dataflows.kafka_source import _Partition
 
 
 @dataclass
@@ -28,8 +28,7 @@ EOF_ = KafkaError(KafkaError._PARTITION_EOF)
 
 def partition(end: int | None) -> _Partition:
     config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "unit"}
-    shared = _SharedConsumer(config)
-    return _Partition(shared, "t", 0, 0, 100, tail=False, idle_every_ns=0, end=end)
+    return _Partition(config, "t", 0, 0, 100, tail=False, idle_every_ns=0, end=end)
 
 
 def test_usable_when_batch_crosses_end_and_hits_partition_eof_keeps_only_before_end():

@@ -20,7 +20,12 @@ from prometheus_client import REGISTRY
 
 from export.manifest import ARTIFACTS
 from models.market_features import compute_features, feature_windows
-from models.regime_runtime import ENCODER_LENGTH, predict_proba
+from models.regime_runtime import (
+    ENCODER_LENGTH,
+    INPUT_CHANNELS,
+    labeler_from_extra,
+    predict_proba,
+)
 from models.regimes import REGIMES
 from models.runtime import LoadedModel, load_model
 from models.simulator import MarketSimulator
@@ -50,6 +55,21 @@ Marks = dict[str, list[Mark]]
 
 
 # --- factories -------------------------------------------------------------------------------
+
+
+def expected_proba(features: np.ndarray, ends: Any) -> np.ndarray:
+    """What the shipped regime model gives for the windows ending at ``ends``: batch
+    features and the batch labeler's labels (the market step computes both bar by bar)."""
+    model = load_model("regime_tft")
+    windows = feature_windows(features, ENCODER_LENGTH, ends)
+    labeler = labeler_from_extra(model.entry.extra)
+    if labeler is None:
+        return predict_proba(model, windows)
+    result = labeler.label(features)
+    codes = np.stack([result.labels, result.pending], axis=-1)
+    ends = np.asarray(ends)
+    labels = codes[ends[:, None] + np.arange(-ENCODER_LENGTH + 1, 1)[None, :]]
+    return predict_proba(model, windows, labels)
 
 
 def marks_from_path(path: pd.DataFrame, ids: Iterable[str]) -> Marks:
@@ -265,6 +285,35 @@ def test_state_pickled_mid_stream_when_resumed_gives_same_outputs(
     assert resumed.state.model_status == {"regime_tft": OK, "vol_nbeats": OK}
 
 
+def test_labeler_state_when_snapshotted_mid_stream_is_restored_with_the_window(
+    marks: Marks,
+) -> None:
+    lg = logic()
+    upto = marks[IDX][WARM_BAR + 10].ts_event
+    run(lg, [[m] for m in in_order(marks) if m.ts_event <= upto])
+    labeler = lg.state.window.labeler
+    assert labeler is not None and labeler.current >= 0 and labeler.dwell >= 1
+
+    resumed = MarketLogic(MarketConfig(), lg.snapshot())
+
+    restored = resumed.state.window.labeler
+    assert restored is not None
+    assert (restored.current, restored.dwell) == (labeler.current, labeler.dwell)
+    assert list(resumed.state.window._labels) == list(lg.state.window._labels)
+
+
+def test_snapshot_from_before_labels_when_resumed_refills_the_labels_then_infers(
+    marks: Marks,
+) -> None:
+    from models.market_features import FeatureWindow
+
+    old = MarketState(window=FeatureWindow(ENCODER_LENGTH))  # type: ignore[arg-type]
+    lg = MarketLogic(MarketConfig(), pickle.dumps(old))
+    out = run(lg, batches(in_order(marks), None))
+    updates = of(RegimeUpdate, out)
+    assert all(len(u.probabilities) == len(REGIMES) for u in updates[WARM_BAR:])
+
+
 # --- batching --------------------------------------------------------------------------------
 
 
@@ -281,7 +330,7 @@ def test_batch_of_k_ready_bars_makes_one_regime_call_and_one_vol_call(marks: Mar
     out, _ = lg.on_batch(held)
 
     out = list(out)
-    assert regime_calls.shapes == [(k, ENCODER_LENGTH, 15)]
+    assert regime_calls.shapes == [(k, ENCODER_LENGTH, len(INPUT_CHANNELS))]
     assert vol_calls.shapes == [(k * len(marks), 64)]
     assert len(of(RegimeOut, out)) == k
     assert len(forecasts(out)) == k * len(marks)
@@ -291,13 +340,19 @@ def test_regime_probabilities_when_warm_sum_to_one_and_match_predict_proba(
     marks: Marks, reference: list[Any]
 ) -> None:
     features = compute_features(index_bars(marks))
-    windows = feature_windows(features, ENCODER_LENGTH, np.arange(WARM_BAR, N_BARS))
-    expected = predict_proba(load_model("regime_tft"), windows)
+    expected = expected_proba(features, np.arange(WARM_BAR, N_BARS))
 
     updates = [u for u in of(RegimeUpdate, reference) if u.probabilities]
     got = np.array([u.probabilities for u in updates])
 
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+    events = [o.record for o in of(RegimeOut, reference)]
+    assert len(events) == len(updates)
+    for event in events:
+        total = math.fsum(p["probability"] for p in event["probabilities"])
+        assert abs(total - 1.0) <= 1e-6
+        assert len(event["probabilities"]) == len(REGIMES)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
     assert [u.most_likely for u in updates] == [REGIMES[i].value for i in expected.argmax(1)]
 
@@ -354,8 +409,7 @@ def test_bar_when_rate_bond_skipped_it_carries_the_last_yield_once_a_later_mark_
     bars = index_bars(marks)
     bars.loc[t, "rate"] = bars.loc[t - 1, "rate"]
     bars.loc[t, "credit_spread"] = marks[IG][t].bar_yield - marks[UST][t - 1].bar_yield
-    windows = feature_windows(compute_features(bars.iloc[: t + 1]), ENCODER_LENGTH, [t])
-    expected = predict_proba(load_model("regime_tft"), windows)[0]
+    expected = expected_proba(compute_features(bars.iloc[: t + 1]), [t])[0]
     np.testing.assert_allclose(of(RegimeUpdate, out)[-1].probabilities, expected, atol=1e-12)
 
 
@@ -403,8 +457,7 @@ def test_breadth_ids_when_given_take_spread_and_volume_from_the_equities(
     bars = index_bars(marks)
     bars["spread_bps"] = path["spread_bps"].to_numpy()  # equity mean, as in training
     bars["volume"] = path["volume"].to_numpy()  # equity total
-    windows = feature_windows(compute_features(bars), ENCODER_LENGTH, [N_BARS - 1])
-    expected = predict_proba(load_model("regime_tft"), windows)[0]
+    expected = expected_proba(compute_features(bars), [N_BARS - 1])[0]
     last = max(of(RegimeUpdate, out), key=lambda u: u.ts_event)
     np.testing.assert_allclose(last.probabilities, expected, rtol=1e-9)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from statistics import NormalDist
@@ -484,7 +485,10 @@ def test_shard_when_order_rate_exceeded_rejects_the_extra_proposal():
     lg = shard()
     feed(lg, _set_limit("PORTFOLIO", "PF-1", "max_orders", 2.0))
 
-    out = [decided(feed(lg, ask(portfolio_id="PF-1", quantity=1.0))) for _ in range(3)]
+    asks = [ask(portfolio_id="PF-1", quantity=1.0) for _ in range(3)]
+    # the order-rate step (operators.order_rate) stamps the count in partition order
+    counted = [dataclasses.replace(a, orders_in_window=n) for n, a in enumerate(asks, 1)]
+    out = [decided(feed(lg, a)) for a in counted]
 
     assert [o["decision"] for o in out] == ["APPROVE", "APPROVE", "REJECT"]
     assert "ORDER_RATE" in reason_codes(out[2])
@@ -508,6 +512,7 @@ def test_shard_when_book_draws_down_past_the_limit_switches_it_to_reduce_only():
     )
     assert auto.record["ts_event"] == T0 + SECOND
     verify(auto.record, auto.record["ts_event"], KEYS)  # signed with the flow's key
+    feed(lg, Mark("AAPL", T0 + 2 * SECOND, 85.0, 0.0))  # the bar the proposals wait for
     buy = decided(feed(lg, ask(ts_event=T0 + 2 * SECOND, quantity=10.0)))
     sell = decided(feed(lg, ask(ts_event=T0 + 2 * SECOND, side="SELL", quantity=10.0)))
     assert buy["decision"] == "REJECT" and "REDUCE_ONLY" in reason_codes(buy)

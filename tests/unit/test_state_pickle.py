@@ -11,7 +11,7 @@ import pytest
 
 from operators.config import EngineConfig, Limits
 from operators.control_gate import ControlGateLogic, GateState
-from operators.instrument import InstrumentLogic, InstrumentState
+from operators.instrument import InstrumentLogic, InstrumentShard
 from operators.portfolio import Book, ShardLogic, ShardState, TimeLog
 from operators.records import (
     Decided,
@@ -77,11 +77,12 @@ def _instrument_logic() -> InstrumentLogic:
 
 
 def test_instrument_state_when_pickled_gives_same_views():
-    live = _instrument_logic().state
+    shard = _instrument_logic().state
 
-    restored = roundtrip(live)
+    restored_shard = roundtrip(shard)
 
-    assert isinstance(restored, InstrumentState)
+    assert isinstance(restored_shard, InstrumentShard)
+    live, restored = shard.instruments["AAPL"], restored_shard.instruments["AAPL"]
     for ts in _PROBES:
         assert plain(restored.view_as_of(ts, 0)) == plain(live.view_as_of(ts, 0))
     assert restored.watermark == live.watermark
@@ -106,11 +107,11 @@ def test_instrument_logic_when_snapshot_taken_later_updates_do_not_change_it():
     snap = pickle.loads(lg.snapshot())  # snapshots are pickled bytes
     frozen = pickle.dumps(snap)
     lg.on_batch(list(_LATER))
-    lg.state.instrument["lot_size"] = 1000.0  # in-place edit of the live record
+    lg.state.instruments["AAPL"].instrument["lot_size"] = 1000.0  # in-place edit of the record
 
     assert pickle.dumps(snap) == frozen
     assert snap is not lg.state
-    assert snap.instrument["lot_size"] == 1.0
+    assert snap.instruments["AAPL"].instrument["lot_size"] == 1.0
 
 
 # --- portfolio side -----------------------------------------------------------------------------
@@ -143,6 +144,8 @@ _SHARD_EARLY = [
     ),
     _fill(execution_id="E3", side="SELL", quantity=200.0, ts_event=T0 + 3 * SECOND),
     Mark("MSFT", T0 + 2 * SECOND, 310.0, 0.015),
+    Mark("MSFT", T0 + 4 * SECOND, 310.0, 0.015),  # the bar the proposals below wait for
+    Mark("AAPL", T0 + 4 * SECOND, 100.0, 0.01),  # (every instrument with reference data)
     _cmd(action="REDUCE_ONLY", scope="PORTFOLIO", target="PF-2", ts_event=T0),
     _cmd(action="HALT", scope="INSTRUMENT", target="TSLA", ts_event=T0 + SECOND),
     _cmd(
@@ -191,11 +194,14 @@ def test_shard_logic_when_restored_from_pickle_decides_and_dedupes_the_same():
     live = _shard_logic()
     restored = ShardLogic(CONFIG, roundtrip(live.state))
     later = [
+        Mark("MSFT", T0 + 5 * SECOND, 310.0, 0.015),
+        Mark("AAPL", T0 + 5 * SECOND, 100.0, 0.01),
         _ask(proposal_id="P-new", quantity=15_000.0, ts_event=T0 + 5 * SECOND),
         _ask(proposal_id="P-seen", ts_event=T0 + 5 * SECOND),  # a duplicate of a decided one
         _fill(execution_id="E1", quantity=1_000.0, ts_event=T0),  # a redelivered fill
         _ask(proposal_id="P-pf2", portfolio_id="PF-2", ts_event=T0 + 5 * SECOND),
         _ref("NEWCO"),  # releases the held fill, then the waiting proposal
+        Mark("NEWCO", T0 + 5 * SECOND, 20.0, 0.02),  # once its new holding has marked
     ]
 
     out_live, _ = live.on_batch(list(later))
@@ -294,7 +300,7 @@ def test_gate_logic_when_snapshot_taken_later_nonces_do_not_change_it():
         lambda: TimeLog(),
         lambda: GateState({"n": T0}),
     ],
-    ids=["InstrumentState", "ShardState", "Book", "TimeLog", "GateState"],
+    ids=["InstrumentShard", "ShardState", "Book", "TimeLog", "GateState"],
 )
 def test_state_class_when_pickled_twice_is_byte_stable(factory):
     state = factory()

@@ -222,7 +222,7 @@ class DequeHistory:
 @pytest.mark.parametrize("seed", range(5))
 def test_tick_history_when_ticks_come_out_of_order_matches_deque_reference(seed: int) -> None:
     rng = random.Random(seed)
-    ref, hist = DequeHistory(16), TickHistory(16)
+    ref, hist = DequeHistory(16), TickHistory(16, cap=16)
     ts = np.array([1000 + i * 10 + rng.randrange(-60, 60) for i in range(300)], dtype=np.int64)
     last = np.arange(300, dtype=np.float64)
     for j in range(300):

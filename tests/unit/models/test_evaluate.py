@@ -277,3 +277,35 @@ def test_model_cli_when_evaluate_is_given_routes_to_models_evaluate() -> None:
     assert parser.parse_args(["train", "regime", "--quick"]).model == "regime"
     with pytest.raises(SystemExit):
         parser.parse_args(["train"])
+
+
+# -- persistence: observed label (the target) and latent truth (oracle reference) --------
+
+
+def test_persistence_baseline_when_observed_reads_the_labeler_label_and_oracle_the_truth() -> None:
+    from types import SimpleNamespace
+
+    truth = np.array([0, 0, 1, 1, 1, 2, 2, 0, 0, 0])
+    seen = np.array([0, 0, 0, 1, 1, 1, 2, 2, 0, 0])  # the labeler lags one bar
+    ends = np.arange(0, 9)
+    train = [SimpleNamespace(name="a", source="sim", labels=truth, observed=seen, ends=ends)]
+    test = [SimpleNamespace(name="b", source="sim", labels=truth, observed=seen, ends=ends)]
+    observed = ev.persistence_baseline(train, test)["b"]
+    oracle = ev.persistence_baseline(train, test, observed=False)["b"]
+    np.testing.assert_allclose(observed, ev.transition_probabilities(train)[seen[ends]])
+    np.testing.assert_allclose(oracle, ev.transition_probabilities(train, False)[truth[ends]])
+    np.testing.assert_allclose(observed.sum(axis=1), 1.0)
+    assert not np.allclose(observed, oracle)
+
+
+def test_regime_targets_when_the_oracle_is_best_compare_with_observed_persistence() -> None:
+    regime, _ = _small_evaluations()
+    by_model = dict(regime.scores["all"])
+    good = ev.ClassifierScores.of(np.eye(7)[[0, 0]], np.array([0, 0]), np.array([0, 0]))
+    weak = ev.ClassifierScores.of(np.eye(7)[[1, 0]], np.array([0, 0]), np.array([0, 0]))
+    by_model.update(tft=good, persistence=weak, markov=weak, oracle=good)
+    regime.scores["all"] = by_model
+    ((scope, met, text),) = ev.regime_targets(regime)
+    assert scope == "all" and met
+    assert "persistence 0.333" in text
+    assert "Oracle reference" in ev.render(*_small_evaluations(), quick=True)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,8 @@ from models.labeler import (
     UNLABELLED,
     Condition,
     RegimeLabeler,
+    StreamingLabeler,
+    _rule_row,
     confusion_matrix,
     rule_matrix,
 )
@@ -132,3 +136,61 @@ def test_labeler_when_run_on_real_sp500_marks_2008_as_stress_and_2017_as_calm() 
     stress = {Regime.VOL_RISK_OFF.code, Regime.LIQUIDITY_CRISIS.code, Regime.CREDIT_SELLOFF.code}
     assert series["2008-10"].isin(stress).mean() > 0.9
     assert (series["2017"] == Regime.CALM.code).mean() > 0.6
+
+
+# -- the streaming (serving) form -------------------------------------------------------
+
+
+def test_streaming_labeler_when_fed_a_long_series_bar_by_bar_equals_the_batch_labels() -> None:
+    features = compute_features(market_bars_from_sim(MarketSimulator(seed=31).path(6000)))
+    labeler = RegimeLabeler().fit(features[:3000])  # fitted on the first half only
+    batch = labeler.label(features)
+    stream = labeler.streaming()
+    got, pending = [], []
+    for t, vector in enumerate(features):
+        if t in (1500, 4321):  # the state survives a snapshot (pickle) mid-stream
+            stream = pickle.loads(pickle.dumps(stream))
+        label = stream.update(vector)
+        got.append(label)
+        pending.append(stream.pending if label != UNLABELLED else UNLABELLED)
+    np.testing.assert_array_equal(np.array(got), batch.labels)
+    np.testing.assert_array_equal(np.array(pending), batch.pending)
+    # the pending label is the next bar's label whenever the switch is already due
+    due = (batch.pending != batch.labels) & (batch.labels >= 0)
+    assert due.sum() > 50
+    assert np.mean(batch.labels[1:][due[:-1]] == batch.pending[:-1][due[:-1]]) > 0.5
+    # the series exercises every part: warm-up, fill, rules in conflict, many switches
+    assert (batch.labels == UNLABELLED).sum() > 0
+    assert batch.filled.sum() > 100 and (batch.rule >= 0).sum() > 100
+    assert (np.diff(batch.labels[batch.labels >= 0]) != 0).sum() > 200
+    assert set(batch.labels[batch.labels >= 0].tolist()) == set(range(len(REGIMES)))
+
+
+def test_streaming_labeler_when_a_vector_holds_nan_returns_unlabelled_and_keeps_state() -> None:
+    features = compute_features(market_bars_from_sim(MarketSimulator(seed=32).path(400)))
+    warm = features[np.isfinite(features).all(axis=1)]
+    stream = RegimeLabeler().fit(warm).streaming()
+    for vector in warm[:50]:
+        stream.update(vector)
+    before = (stream.current, stream.dwell)
+    assert stream.update(np.full(len(MARKET_FEATURES), np.nan)) == UNLABELLED
+    assert (stream.current, stream.dwell) == before
+
+
+def test_labeler_when_saved_to_json_and_read_back_labels_the_same() -> None:
+    import json
+
+    features = compute_features(market_bars_from_real())
+    labeler = RegimeLabeler().fit(features[:3000])
+    back = RegimeLabeler.from_dict(json.loads(json.dumps(labeler.to_dict())))
+    np.testing.assert_array_equal(back.label(features).labels, labeler.label(features).labels)
+    assert isinstance(back.streaming(), StreamingLabeler)
+
+
+def test_rule_row_when_compared_with_rule_matrix_agrees_on_every_bar(sim_runs) -> None:
+    features, _ = sim_runs[1]
+    warm = features[np.isfinite(features).all(axis=1)][:800]
+    for entering in (True, False):
+        matrix = rule_matrix(warm, entering)
+        rows = np.array([_rule_row(v.tolist(), entering) for v in warm])
+        np.testing.assert_array_equal(rows, matrix)
