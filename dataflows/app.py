@@ -98,7 +98,8 @@ def kafka_flow(
 
     Setting ``stop`` ends the input, and the flow finishes after flushing its sinks.
     With ``health`` (and ``stop``), every worker also beats its liveness heartbeat.
-    ``durable`` (with recovery): Kafka outputs are flushed every batch (at-least-once).
+    ``durable`` (with recovery): Kafka outputs are flushed every batch (at-least-once)
+    and snapshots carry the state; without it snapshots are empty.
     """
     if not settings.brokers:
         raise ConfigError("RISKSTREAM_KAFKA_BOOTSTRAP is not set (riskstream demo starts a broker)")
@@ -156,6 +157,7 @@ def kafka_flow(
         settings.engine_config(wait_for_data=wait_for_data),
         fence=tuple(p for p in parts if p[0] != proposals),
         proposal_parts=tuple(p for p in parts if p[0] == proposals),
+        recoverable=durable,
     )
     source = RiskSource(
         consumer, list(topics.input_kinds()), from_end=from_end, tail=tail,

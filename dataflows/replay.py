@@ -919,6 +919,7 @@ def replay_flow(
         proposal_parts=tuple(
             (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) == PROPOSAL
         ),
+        recoverable=False,  # a replay is re-run, never recovered
     )
     source = RiskSource(
         consumer_config(settings),

@@ -90,6 +90,9 @@ class EngineConfig:
     """Live runs: how long (wall clock) a proposal waits for ticks up to its ts_event."""
     wait_for_data: bool = False
     """Replays: wait for data (never for the wall clock) before deciding."""
+    recoverable: bool = True
+    """Snapshots carry the state (Bytewax recovery). False (no recovery configured, and
+    replays): snapshots are empty, which spares a copy of every touched key per epoch."""
     var_confidence_z: float = 1.6448536269514722
     """z of the one-sided VaR confidence (95%)."""
     market_ids: tuple[str, ...] = ("SIM-IDX", "SIM-UST-10Y", "SIM-IG-7Y")

@@ -75,4 +75,4 @@ class ControlGateLogic(StatefulBatchLogic[Inbound | Progress, Parsed, bytes]):
             self.state.nonces = {n: t for n, t in nonces.items() if t >= horizon}
 
     def snapshot(self) -> bytes:
-        return freeze(self.state)
+        return freeze(self.state, self.config.recoverable)

@@ -404,4 +404,4 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         return None if deadline is None else datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
     def snapshot(self) -> bytes:
-        return freeze(self.state)
+        return freeze(self.state, self.config.recoverable)

@@ -54,6 +54,7 @@ class OrderRateLogic(StatefulBatchLogic[RateIn, RateIn, bytes]):
 
     def __init__(self, config: EngineConfig, state: bytes | RateState | None) -> None:
         self.window_ns = int(config.limits.order_window_s * 1e9)
+        self.recoverable = config.recoverable
         self.state = thaw(state, RateState) if state is not None else RateState()
 
     def on_batch(self, values: list[RateIn]) -> tuple[Iterable[RateIn], bool]:
@@ -77,4 +78,4 @@ class OrderRateLogic(StatefulBatchLogic[RateIn, RateIn, bytes]):
             counted.popitem(last=False)
 
     def snapshot(self) -> bytes:
-        return freeze(self.state)
+        return freeze(self.state, self.recoverable)

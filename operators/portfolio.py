@@ -724,4 +724,4 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         return datetime.fromtimestamp(deadline / 1e9, tz=UTC)
 
     def snapshot(self) -> bytes:
-        return freeze(self.state)
+        return freeze(self.state, self.config.recoverable)

@@ -13,9 +13,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def freeze(state: object) -> bytes:
-    """An immutable copy of ``state`` for Bytewax to store."""
-    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+def freeze(state: object, keep: bool = True) -> bytes:
+    """An immutable copy of ``state`` for Bytewax to store; nothing when not ``keep``.
+
+    Without recovery no snapshot is ever read back, so none is worth its copy.
+    """
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL) if keep else b""
 
 
 def thaw(snapshot: bytes | T, kind: type[T]) -> T:
