@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeGuard
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -28,7 +29,7 @@ from operators.snapshot import freeze, thaw
 RateIn = Inbound | Progress
 
 
-def proposal_lane(item: object) -> bool:
+def proposal_lane(item: object) -> TypeGuard[RateIn]:
     """Proposals and their topic's progress (counted here before the instrument step)."""
     return isinstance(item, Inbound | Progress) and item.kind == PROPOSAL
 
