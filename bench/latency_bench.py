@@ -81,14 +81,14 @@ sys.exit(main(["run"]))
 
 KNOBS: list[tuple[str, dict[str, str], bool]] = [
     ("as deployed: fenced partitions left empty", {}, False),
-    ("primed, defaults (fetch 20 ms, batch 1000, idle every 5 ms, margin 10, poll 1)", {}, True),
+    ("primed, defaults (fetch 20 ms, batch 1000, idle every 5 ms, margin 30, polls 0)", {}, True),
     ("primed, RISKSTREAM_FETCH_WAIT_MAX_MS=5", {"RISKSTREAM_FETCH_WAIT_MAX_MS": "5"}, True),
     ("primed, RISKSTREAM_FETCH_WAIT_MAX_MS=50", {"RISKSTREAM_FETCH_WAIT_MAX_MS": "50"}, True),
     ("primed, RISKSTREAM_BATCH_SIZE=100", {"RISKSTREAM_BATCH_SIZE": "100"}, True),
     ("primed, no shard fence at all (patched)", {"LATBENCH_NO_FENCE": "1"}, True),
     ("primed, idle margin 2 ms", {"LATBENCH_IDLE_MARGIN_MS": "2"}, True),
     ("primed, idle every 1 ms", {"LATBENCH_IDLE_EVERY_MS": "1"}, True),
-    ("primed, source poll timeout 0 (was 1 ms)", {"LATBENCH_POLL_TIMEOUT_MS": "0"}, True),
+    ("primed, source poll timeout 1 ms (was the default)", {"LATBENCH_POLL_TIMEOUT_MS": "1"}, True),
     (
         "primed, margin 2 ms + every 1 ms + poll 0",
         {
@@ -521,7 +521,7 @@ def main() -> None:
         print(main_fig, flush=True)
         variants = []
         for i, (label, knobs, prime) in enumerate(KNOBS if args.sweep else [], start=1):
-            margin = float(knobs.get("LATBENCH_IDLE_MARGIN_MS", 10.0))
+            margin = float(knobs.get("LATBENCH_IDLE_MARGIN_MS", Settings().idle_margin))
             variants.append(figures(run(i, label, knobs, args.sweep_seconds, prime), margin))
             print(variants[-1], flush=True)
     asked = {
