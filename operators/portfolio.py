@@ -479,7 +479,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         """
         st, p = self.state, w.priced.proposal
         ts = p["ts_event"]
-        if any(st.progress.get(part, 0) <= ts for part in self.config.fence):
+        if ts >= self._ready_below():  # the fences, the covariance and the regime
             return False
         pid = p["portfolio_id"]
         if any(
@@ -489,11 +489,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         if not self._bars_flow():
             return True
         floor = ts - ts % self.config.bar_interval_ns
-        if st.model_through < floor:
-            return False
         bars = self._market_bars()
-        if bars and st.regime_through < floor:
-            return False  # the market step will produce this bar's regime
         held = [i for i, q in st.books[pid].as_of(ts)[1].items() if q] if pid in st.books else []
         for inst in held:
             marks = st.marks.get(inst)
