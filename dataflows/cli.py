@@ -46,6 +46,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from dataflows.kafka_io import ensure_topics
     from dataflows.metrics_server import serve_metrics
     from dataflows.redis_sink import check_redis
+    from dataflows.warmup import warm_up_in_child
 
     settings = _with_model_flags(args, settings)
     if args.processes > 1:
@@ -63,6 +64,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     recovery = _recovery(args)
     health = probes(settings, model_problems)
     serve_metrics(settings.metrics_port, settings.metrics_host, health)
+    if settings.warm_up:  # /healthz answers "starting" meanwhile
+        warm_up_in_child()
     flow = kafka_flow(
         settings, from_end=args.from_end, stop=stop, health=health, durable=recovery is not None
     )
@@ -121,10 +124,15 @@ def _run_local_cluster(args: argparse.Namespace, settings: Settings) -> int:
     if args.process_id is not None or args.addresses:
         raise ConfigError("--processes starts its own cluster on this host; drop -i/-a")
     _recovery(args)
+    if settings.warm_up:
+        from dataflows.warmup import warm_up_in_child
+
+        warm_up_in_child()  # once for all: the children find the kernels compiled
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(args.processes))
     children = []
     for k in range(args.processes):
         env = dict(os.environ)
+        env["RISKSTREAM_WARM_UP"] = "false"
         env["RISKSTREAM_METRICS_PORT"] = str(
             settings.metrics_port + k if settings.metrics_port else 0
         )
@@ -279,6 +287,24 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_watch)
 
 
+def cmd_warm_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Compile the kernels into Numba's on-disk cache (an install or image build step)."""
+    from dataflows.app import configure_models
+    from dataflows.warmup import warm_up
+
+    configure_models(settings)
+    print(f"riskstream warm-up: {warm_up(settings)}")
+    return 0
+
+
+def _add_warm_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "warm-up",
+        help="run the flow in memory over simulated data: compiles and caches the kernels",
+    )
+    p.set_defaults(func=cmd_warm_up)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from dataflows.backtest import add_backtest_parser
@@ -302,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_diff_parser(sub)
     add_backtest_parser(sub)
     add_model_parsers(sub)
+    _add_warm_up(sub)
     return parser
 
 

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     wait this much longer for stragglers."""
     stale_after_s: float = Field(30.0, gt=0, le=86_400 * 365)
     max_wait_ms: float = Field(250.0, ge=0, le=3_600_000)
+    warm_up: bool = True
+    """``riskstream run`` first runs ``riskstream warm-up`` (the flow in memory over simulated
+    data, in a child process): the kernels are compiled before the first live proposal."""
     metrics_port: int = Field(9464, ge=0, le=65535)
     """Port of the Prometheus endpoint; 0 turns it off."""
     metrics_host: str = "127.0.0.1"

@@ -48,3 +48,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+
+# Compile the Numba kernels into their on-disk cache now (about 30 s the first time, 3 s
+# after): the first live run and the tests then never wait for the compiler.
+"$VENV/bin/riskstream" warm-up >/dev/null

@@ -419,6 +419,7 @@ def test_k8s_entrypoint_derives_process_id_addresses_and_recovery(tmp_path: Path
         "TIMELY_PORT": env_value(c, "TIMELY_PORT"),
         "RECOVERY_DIR": str(recovery),
         "SNAPSHOT_INTERVAL_S": env_value(c, "SNAPSHOT_INTERVAL_S"),
+        "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
     }
     for attempt in range(2):  # the second start must keep the partition, not re-create it
         out = run(["/bin/sh", "-c", script], env=env).stdout
@@ -475,6 +476,10 @@ def test_dockerfile_shape():
         "python",
         "/opt/riskstream/healthcheck.py",
     ]
+    warm = re.search(r"NUMBA_CACHE_DIR=(\S+) riskstream warm-up", text[: text.index("AS runtime")])
+    assert warm, "the builder compiles the kernels into a cache the image ships"
+    assert f"COPY --from=builder --chown=10001:10001 {warm[1]} {warm[1]}" in runtime
+    assert f"NUMBA_CACHE_DIR={warm[1]} " in runtime
     assert '\nENTRYPOINT ["riskstream"]\n' in runtime
     assert '\nCMD ["run"]\n' in runtime
     env_vars = re.findall(r"\b(RISKSTREAM_[A-Z0-9_]+)=", text)
