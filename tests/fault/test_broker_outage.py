@@ -79,6 +79,8 @@ class Outage:
     on_topic: int
     """RiskScores on the topic at the end (read again from offset 0)."""
     seconds: float
+    log: str
+    """The flow's log."""
 
     def of(self, since: int, until: int) -> list[dict[str, Any]]:
         """Decisions of the proposals with since <= ts_event < until."""
@@ -139,7 +141,7 @@ def pause_run(settings: Settings, broker: EmbeddedBroker, tmp: Path) -> Outage:
     """Feed, freeze the broker for PAUSE_S mid-stream, feed on, then drain."""
     started = time.monotonic()
     opts = ProduceOptions(tick_rate=500.0, proposal_rate=40.0, portfolios=4, seed=4242)
-    flow = FlowProcess(settings, tmp / "flow.log")
+    flow = FlowProcess(settings, tmp / "flow.log", env={"RISKSTREAM_WARM_UP": "true"})
     scores = Collector(settings, "scores")
     feeder = Feeder(settings, opts, fill_every=10)
     metrics = MetricsSampler(settings.metrics_port, every_s=0.1)
@@ -181,6 +183,7 @@ def pause_run(settings: Settings, broker: EmbeddedBroker, tmp: Path) -> Outage:
         final=metrics.samples[-1][1],
         on_topic=len(read_topic(settings, "scores")),
         seconds=time.monotonic() - started,
+        log=flow.log_path.read_text(errors="replace"),
     )
 
 
@@ -234,6 +237,13 @@ def test_broker_paused_10s_decisions_counter_flat_then_resumes_within_bound(
     assert outage.decided_between(outage.paused_at + 1.0, outage.resumed_at) == 0
     assert outage.resume_s() < RESUME_BOUND_S
     assert outage.backlog_decided_s() < RESUME_BOUND_S
+
+
+def test_broker_paused_10s_run_warmed_up_before_reading(outage: Outage) -> None:
+    """``riskstream run`` compiled its kernels (``riskstream warm-up``) before the flow."""
+    log = outage.log
+    assert "warmed up in" in log and "pre-trade flow starting" in log
+    assert log.index("warmed up in") < log.index("pre-trade flow starting")
 
 
 def test_broker_paused_10s_end_to_end_latency_shows_the_pause_then_recovers(

@@ -110,6 +110,9 @@ def env_of(settings: Settings) -> dict[str, str]:
         ),
         RISKSTREAM_METRICS_PORT=str(settings.metrics_port),
         RISKSTREAM_TOPIC_PARTITIONS=str(settings.topic_partitions),
+        # the bootstrap compiled the kernels into the on-disk cache: a child's warm-up would
+        # only cost time (the broker-outage test runs with it)
+        RISKSTREAM_WARM_UP="false",
     )
     return env
 

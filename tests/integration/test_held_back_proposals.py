@@ -53,13 +53,12 @@ def messages() -> list[KafkaSourceMessage]:
     return out
 
 
-def decide(msgs: list[KafkaSourceMessage]) -> dict[str, dict[str, Any]]:
+def decide(msgs: list[KafkaSourceMessage], batch_size: int) -> dict[str, dict[str, Any]]:
     """The flow's decisions by proposal id, wall-clock fields dropped."""
     scores: list[Any] = []
     sinks = PretradeSinks(TestingSink(scores), TestingSink([]), TestingSink([]))
-    run_main(
-        build_pretrade_flow(TestingSource(msgs), sinks, CONFIG, SingleObjectCodec(), INPUT_KINDS)
-    )
+    source = TestingSource(msgs, batch_size=batch_size)
+    run_main(build_pretrade_flow(source, sinks, CONFIG, SingleObjectCodec(), INPUT_KINDS))
     out = {}
     for d in scores:
         r = {k: v for k, v in d.record.items() if k not in WALL_CLOCK}
@@ -84,11 +83,11 @@ def test_decisions_when_a_proposal_partition_is_read_after_all_ticks_equal_the_i
     late = [m for m in msgs if is_late(m)]
     assert len(ticks) > 80_000 and len(late) > 200
 
-    interleaved = decide(msgs)
+    interleaved = decide(msgs, batch_size=100)
     assert len(interleaved) == sum(m.topic == PROPOSALS for m in msgs)
     assert sum(not r["stale"] for r in interleaved.values()) > 0.9 * len(interleaved)
     for order in (held_back, proposals_last):
-        got = decide(order)
+        got = decide(order, batch_size=500)  # batches as a Kafka source reads them
         assert set(got) == set(interleaved)
         mismatched = {
             pid: differences(r, got[pid])
