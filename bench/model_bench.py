@@ -7,15 +7,14 @@ threads 1), on the same inputs (scaled market-feature windows and log-vol histor
 a simulator path):
 
 ``onnxruntime_served``
-    the session the dataflow uses: :func:`models.runtime.load_model` (sha256-verified
-    artifact, :func:`models.runtime.session_options`: ``ORT_ENABLE_ALL``, sequential,
-    no spinning, dynamic batch axis) called through ``LoadedModel.run``.
+    the sessions the dataflow uses: :func:`models.runtime.load_model` (sha256-verified
+    artifact, :func:`models.runtime.inference_session`: ``ORT_ENABLE_ALL`` without
+    ``SkipLayerNormFusion``, sequential, no spinning; batch 1 runs in the session with the
+    batch dimension pinned to 1, other sizes in the dynamic one) called through
+    ``LoadedModel.run``.
 ``onnxruntime_tuned``
-    the same artifact bytes in a session tuned for a fixed batch size: the served
-    options plus the free ``batch`` dimension pinned
-    (``add_free_dimension_override_by_name``, so shape arithmetic folds into constants),
-    without ``SkipLayerNormFusion``, memory pattern and arena on, and IO binding to input
-    and output buffers allocated once.
+    the same artifact bytes in a served session with the batch dimension pinned to the
+    benchmarked size, run through IO binding to input and output buffers allocated once.
 ``pytorch_eager``
     the export wrappers (``RegimeTFTExport``, ``NBeatsExport``: pytorch-forecasting's own
     forward) over the weights the artifacts were exported from
@@ -28,8 +27,9 @@ a simulator path):
     (same weights and function, stacked variable GRNs, constants precomputed), in eager
     mode: it shows how much of the ONNX Runtime speed-up is the leaner graph itself.
 
-Engines are timed round-robin (one call of each in turn), so the load of a shared
-machine falls on all of them alike; Python's garbage collector is off inside the timed
+Engines are timed round-robin (one call of each in turn, the order rotating every
+round), so the load of a shared machine and the cold caches after a PyTorch call fall on
+all of them alike; Python's garbage collector is off inside the timed
 loops (as ``timeit`` does). Reported per model, batch and engine: p50 / p99 /
 mean latency of one call, throughput (rows per second of busy time), and the ratios
 eager / ONNX Runtime at p50 and p99. ``cpu_share`` is the process CPU time over the
@@ -65,7 +65,6 @@ ROUNDS = {
 }
 TARGET_P99_MS = 2.0
 TARGET_SPEEDUP = 5.0
-DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 ENGINES = ("onnxruntime_served", "onnxruntime_tuned", "pytorch_eager", "pytorch_eager_lean")
 SAMPLES = ("all", "quietest")
 
@@ -112,21 +111,10 @@ def vol_inputs(n: int) -> np.ndarray:
 
 
 def tuned_session(model_bytes: bytes, batch: int) -> Any:
-    """An ONNX Runtime session of ``model_bytes`` tuned for one batch size, one thread."""
-    import onnxruntime as ort
+    """A served session of ``model_bytes`` with the batch dimension pinned to ``batch``."""
+    from models.runtime import inference_session
 
-    from models.runtime import session_options
-
-    options = session_options(threads=1)
-    options.enable_mem_pattern = True
-    options.enable_cpu_mem_arena = True
-    options.add_free_dimension_override_by_name("batch", batch)
-    return ort.InferenceSession(
-        model_bytes,
-        options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=DISABLED_OPTIMIZERS,
-    )
+    return inference_session(model_bytes, threads=1, batch=batch)
 
 
 def bound_call(session: Any, x: np.ndarray, out_shape: list[int]) -> tuple[Callable[[], Any], Any]:
@@ -176,8 +164,9 @@ def eager_vol() -> tuple[Any, str]:
 
     run_dir = Path(__file__).resolve().parent.parent / vn.DEFAULT_OUT
     if (run_dir / "model.ckpt").exists():
-        model, _ = vn.load_checkpoint(run_dir)
-        return vn.NBeatsExport(model).eval(), f"trained ({_rel(run_dir / 'model.ckpt')})"
+        model, summary = vn.load_checkpoint(run_dir)
+        wrapper = vn.served_module(model, summary).eval()
+        return wrapper, f"trained ({_rel(run_dir / 'model.ckpt')})"
     raw: dict[str, Any] = load_manifest()["vol_nbeats"].extra["config"]
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     cfg = replace(vn.TrainConfig(**fields), sim_seeds=(101,), sim_bars=600, real=())
@@ -216,6 +205,10 @@ def time_round_robin(
 ) -> dict[str, Any]:
     """Per-call latency of each engine, one call of each in turn, in ``blocks`` blocks.
 
+    The order rotates by one engine every round, so each engine runs after each other
+    one equally often: the call right after a PyTorch engine finds the caches cold
+    (about 20 % slower at batch 1), which a fixed order would charge to one engine.
+
     Returns the statistics over every sample (``all``) and over the least disturbed block
     (``quietest``: the lowest sum over engines of block median / overall median, so each
     engine weighs the same and all engines come from that one block, which keeps the
@@ -224,6 +217,7 @@ def time_round_robin(
     for fn in calls.values():
         for _ in range(5):
             fn()
+    order = list(calls)
     per_block: list[dict[str, list[float]]] = []
     per_block_cpu: list[dict[str, list[float]]] = []
     shares: list[float] = []
@@ -234,8 +228,9 @@ def time_round_robin(
             samples: dict[str, list[float]] = {k: [] for k in calls}
             cpu: dict[str, list[float]] = {k: [] for k in calls}
             wall0, cpu0 = time.perf_counter(), time.process_time()
-            for _ in range(rounds):
-                for engine, fn in calls.items():
+            for r in range(rounds):
+                for engine in order[r % len(order) :] + order[: r % len(order)]:
+                    fn = calls[engine]
                     c0, t0 = time.process_time(), time.perf_counter()
                     fn()
                     samples[engine].append(time.perf_counter() - t0)
@@ -394,6 +389,8 @@ def run() -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from models.runtime import DISABLED_OPTIMIZERS
+
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     started, load_start = time.perf_counter(), _load()
@@ -408,14 +405,15 @@ def run() -> dict[str, Any]:
         "threads": 1,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "tuned_session": {
-            "base": "models.runtime.session_options(threads=1)",
+        "served_session": {
+            "base": "models.runtime.inference_session(threads=1)",
             "graph_optimization_level": "ORT_ENABLE_ALL",
-            "disabled_optimizers": DISABLED_OPTIMIZERS,
-            "free_dimension_override": "batch = the benchmarked batch size",
-            "enable_mem_pattern": True,
-            "enable_cpu_mem_arena": True,
+            "disabled_optimizers": list(DISABLED_OPTIMIZERS),
             "execution_mode": "ORT_SEQUENTIAL",
+            "batch_1": "a second session with the batch dimension pinned to 1",
+        },
+        "tuned_session": {
+            "base": "models.runtime.inference_session(threads=1, batch=the benchmarked size)",
             "io_binding": "input and output OrtValues allocated once",
         },
         "targets": {"tft_batch1_p99_ms": TARGET_P99_MS, "tft_speedup_vs_eager": TARGET_SPEEDUP},
@@ -439,12 +437,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"One core per engine (torch {report['torch']} with 1 thread, onnxruntime"
         f" {report['onnxruntime']} with 1 intra-op and 1 inter-op thread); engines timed"
-        f" round-robin on the same inputs, in {BLOCKS} blocks per model and batch size."
-        " `onnxruntime_served` is the dataflow's session (`models.runtime.load_model`:"
-        " ORT_ENABLE_ALL, sequential, no spinning);"
-        " `onnxruntime_tuned` is the same artifact with the batch dimension pinned,"
-        " minus SkipLayerNormFusion, memory pattern and IO binding on"
-        " pre-allocated buffers. `pytorch_eager` is pytorch-forecasting's forward (the"
+        f" round-robin on the same inputs (the order rotating every round), in {BLOCKS}"
+        " blocks per model and batch size."
+        " `onnxruntime_served` is the dataflow's sessions (`models.runtime.load_model`:"
+        " ORT_ENABLE_ALL without SkipLayerNormFusion, sequential, no spinning; batch 1 in a"
+        " session with the batch dimension pinned to 1);"
+        " `onnxruntime_tuned` is the same artifact in a served session pinned to the batch"
+        " size, run through IO binding on pre-allocated buffers. `pytorch_eager` is"
+        " pytorch-forecasting's forward (the"
         " speed-ups are against it); `pytorch_eager_lean` is `export.regime.LeanRegimeTFT`,"
         " the same function in the form the regime artifact is exported from, in eager"
         " mode. Latency is per call (one batch).",

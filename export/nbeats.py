@@ -9,8 +9,9 @@ conformal quantiles, the default GARCH (alpha, beta) and the PSI reference histo
 there, leaving the committed artifact alone.
 
 Parity is measured twice on histories the model never saw (a fresh simulator seed and
-the last year of S&P 500): ONNX Runtime against the PyTorch export wrapper, and the
-wrapper against the pytorch-forecasting model's own forward pass.
+the last year of S&P 500): ONNX Runtime against the PyTorch export wrapper (with the
+run's QLIKE calibration, as served), and the wrapper without it against the
+pytorch-forecasting model's own forward pass.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4
 
 
-def export_onnx(model: Any, path: Path, length: int) -> None:
-    """Write ``NBeatsExport(model)`` as ONNX: history [B, L] -> forecast [B, 1]."""
-    wrapper = vn.NBeatsExport(model).eval()
+def export_onnx(wrapper: vn.NBeatsExport, path: Path, length: int) -> None:
+    """Write ``wrapper`` as ONNX: history [B, L] -> forecast [B, 1]."""
+    wrapper.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -55,14 +56,20 @@ def parity_histories(length: int, h: int) -> npt.NDArray[np.float32]:
     return x[np.isfinite(x).all(axis=1)].astype(np.float32)
 
 
-def parity(model: Any, path: Path, history: npt.NDArray[np.float32]) -> dict[str, float]:
-    """Max abs differences: ONNX vs wrapper, wrapper vs pytorch-forecasting forward."""
+def parity(
+    model: Any, wrapper: vn.NBeatsExport, path: Path, history: npt.NDArray[np.float32]
+) -> dict[str, float]:
+    """Max abs differences: ONNX vs ``wrapper``, uncalibrated wrapper vs pytorch-forecasting.
+
+    ``wrapper`` is the served one (with the run's calibration); pytorch-forecasting's
+    forward knows no calibration, so it is compared with ``NBeatsExport(model)``.
+    """
     import onnxruntime as ort
 
-    wrapper = vn.NBeatsExport(model).eval()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_out = session.run(["forecast"], {"history": history})[0][:, 0]
-    torch_out = vn.predict_logvol(wrapper, history)
+    torch_out = vn.predict_logvol(wrapper.eval(), history)
+    raw_out = vn.predict_logvol(vn.NBeatsExport(model).eval(), history)
     h = int(model.hparams.prediction_length)
     with torch.no_grad():
         hist = torch.from_numpy(history)
@@ -70,7 +77,7 @@ def parity(model: Any, path: Path, history: npt.NDArray[np.float32]) -> dict[str
         pf_out = model(x)["prediction"][:, -1, 0].double().numpy()
     return {
         "parity_max_abs": float(np.max(np.abs(onnx_out - torch_out))),
-        "parity_pf_max_abs": float(np.max(np.abs(torch_out - pf_out))),
+        "parity_pf_max_abs": float(np.max(np.abs(raw_out - pf_out))),
         "parity_rows": float(len(history)),
     }
 
@@ -99,8 +106,9 @@ def export_run(run_dir: Path, artifacts: Path, manifest: Path) -> ArtifactEntry:
     model, summary = vn.load_checkpoint(run_dir)
     length, h = int(summary["extra"]["L"]), int(summary["extra"]["h"])
     path = artifacts / FILE
-    export_onnx(model, path, length)
-    checks = parity(model, path, parity_histories(length, h))
+    wrapper = vn.served_module(model, summary)
+    export_onnx(wrapper, path, length)
+    checks = parity(model, wrapper, path, parity_histories(length, h))
     worst = max(checks["parity_max_abs"], checks["parity_pf_max_abs"])
     if not worst < PARITY_TOLERANCE:
         raise RuntimeError(f"export.nbeats: parity {worst:.2e} >= {PARITY_TOLERANCE:g}")

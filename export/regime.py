@@ -90,9 +90,10 @@ class LeanRegimeTFT(nn.Module):
     The same function as ``RegimeTFTExport`` (full-length encoder windows, one decoder
     step with ``relative_time_idx`` 0, no static or categorical variables, plus
     :class:`~models.regime_tft.RegimeTFT`'s persistence prior: the log transition row of
-    the last bar's one-hot label added to the logits), built from the TFT's own weights
-    and submodules: per-variable encoder GRNs stacked into batched matrices,
-    input-independent parts precomputed as buffers, attention heads batched.
+    the last bar's pending label added to the logits scaled by ``correction_scale``),
+    built from the TFT's own weights and submodules: per-variable encoder GRNs stacked
+    into batched matrices, input-independent parts precomputed as buffers, attention
+    heads batched.
     """
 
     def __init__(self, tft: TemporalFusionTransformer) -> None:
@@ -110,6 +111,7 @@ class LeanRegimeTFT(nn.Module):
             or set(vsn.prescalers) != set(names)
             or names[1:] != list(INPUT_CHANNELS)
             or not hasattr(tft, "log_transition")
+            or not hasattr(tft, "correction_scale")
         ):
             raise ExportShapeError(f"{MODEL_NAME}: unexpected TFT variables {names}")
         grns = [vsn.single_variable_grns[n] for n in names]
@@ -163,6 +165,9 @@ class LeanRegimeTFT(nn.Module):
                 "wk": torch.cat([k.weight for k in mha.k_layers]).T,
                 "bk": torch.cat([k.bias for k in mha.k_layers]),
                 "log_transition": tft.log_transition.detach().to(torch.float32),
+                # the output layer with RegimeTFT's correction scale folded in
+                "w_out": (tft.output_layer.weight * tft.correction_scale).T,
+                "b_out": tft.output_layer.bias * tft.correction_scale,
             }
         for name, value in buffers.items():
             self.register_buffer(name, value.detach().clone().contiguous())
@@ -252,7 +257,8 @@ class LeanRegimeTFT(nn.Module):
             encoder_cont.dtype
         )
         prior = pending @ b("log_transition")
-        return torch.softmax(tft.output_layer(out)[:, 0, :] + prior, dim=-1)
+        correction = out[:, 0, :] @ b("w_out") + b("b_out")
+        return torch.softmax(correction + prior, dim=-1)
 
 
 def _stack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -291,13 +297,9 @@ def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
 
 def onnx_proba(model_bytes: bytes, scaled: npt.NDArray[np.float32], batch: int = 256) -> Any:
     """Probabilities of scaled windows with ONNX Runtime (served options), in batches."""
-    import onnxruntime as ort
+    from models.runtime import inference_session
 
-    from models.runtime import session_options
-
-    session = ort.InferenceSession(
-        model_bytes, session_options(), providers=["CPUExecutionProvider"]
-    )
+    session = inference_session(model_bytes, batch=1 if batch == 1 else None)
     parts = [
         session.run([OUTPUT_NAME], {INPUT_NAME: scaled[lo : lo + batch]})[0]
         for lo in range(0, len(scaled), batch)
@@ -389,11 +391,14 @@ def _extra(run: SavedRun) -> dict[str, Any]:
         "labeler": run.meta["labeler"],
         "labeler_module": "models.labeler.StreamingLabeler (= RegimeLabeler.label, causal)",
         "persistence_prior": {
-            "note": "logits = TFT logits + log_transition[pending label of the last bar];"
-            " log_transition"
+            "note": "logits = correction_scale * TFT logits + log_transition[pending label"
+            " of the last bar]; log_transition"
             " = log training transition matrix of the observed labels (models.regime_tft."
-            "transition_log_prior, kind = training.prior)",
+            "transition_log_prior, kind = training.prior); correction_scale = the shrinkage"
+            " with the lowest log-loss on the real validation span (models.regime_tft."
+            "fit_correction_scale)",
             "log_transition": run.model.log_transition.detach().double().numpy().tolist(),
+            "correction_scale": float(run.model.correction_scale),
         },
         "scaling": run.scaling.to_dict(),
         "scaling_note": "raw features -> clip((x - mean) / std, -clip, clip), float32;"

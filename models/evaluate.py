@@ -317,6 +317,8 @@ class RegimeEvaluation:
     version: str
     reads_labels: bool = True
     """The artifact takes the observed labels as inputs."""
+    correction_scale: float = 1.0
+    """The artifact's shrinkage of the TFT's correction (``persistence_prior`` extra)."""
 
 
 def _calibrate(states: FloatArray, target: IntArray) -> FloatArray:
@@ -557,6 +559,9 @@ def evaluate_regime(quick: bool = False, batch: int = 512) -> RegimeEvaluation:
         sha256=model.entry.sha256,
         version=model.entry.version,
         reads_labels=reads_labels(model),
+        correction_scale=float(
+            model.entry.extra.get("persistence_prior", {}).get("correction_scale", 1.0)
+        ),
     )
 
 
@@ -605,6 +610,8 @@ class VolEvaluation:
     sha256: str
     version: str
     h: int
+    calibration: dict[str, float] = field(default_factory=dict)
+    """The artifact's QLIKE calibration (``qlike_calibration`` extra; empty: none)."""
 
 
 def vol_config(entry: ArtifactEntry, quick: bool) -> Any:
@@ -873,6 +880,11 @@ def evaluate_vol(quick: bool = False, batch: int = 4096) -> VolEvaluation:
         sha256=model.entry.sha256,
         version=model.entry.version,
         h=cfg.h,
+        calibration={
+            k: float(v)
+            for k, v in model.entry.extra.get("qlike_calibration", {}).items()
+            if k in ("gain", "offset")
+        },
     )
 
 
@@ -1044,7 +1056,8 @@ def regime_notes(ev: RegimeEvaluation) -> list[str]:
             + f" The labeler's pending label alone scores macro-F1 {_f(pen_r.macro_f1)} there:"
             + (
                 " the TFT's corrections, learned mostly where the simulator's latent regimes"
-                " differ from the labels, cost it on the real bars."
+                f" differ from the labels, still cost it there (shrunk by"
+                f" {_f(ev.correction_scale, 2)})."
                 if tft_r.macro_f1 < pen_r.macro_f1
                 else " the TFT adds to it."
             )
@@ -1102,8 +1115,17 @@ def vol_notes(ev: VolEvaluation) -> list[str]:
             f"- {_cap(label)}: lowest MSE {_VOL_NAMES[best_mse]} ({_f(by_model[best_mse].mse, 4)}),"
             f" lowest QLIKE {_VOL_NAMES[best_q]} ({_f(by_model[best_q].qlike, 4)})."
         )
+    cal = ev.calibration
+    fitted = (
+        "N-BEATS is fitted for squared error in log-vol, then its served forecast is"
+        " recalibrated for QLIKE on the validation span (level + gain (forecast - level) +"
+        f" offset, gain {_f(cal['gain'])}, offset {_f(cal['offset'])}), which costs it some"
+        " MSE; the ensemble is fitted for squared error"
+        if cal
+        else "N-BEATS and the ensemble are fitted for squared error"
+    )
     out.append(
-        "- N-BEATS and the ensemble are fitted for squared error in log-vol; QLIKE weighs"
+        f"- {fitted} in log-vol; QLIKE weighs"
         " under-forecast variance heavily, so the two losses can rank the forecasters"
         " differently. The ensemble's true-regime rows are a reference only (left out of the"
         " comparisons above): when serving it blends by the TFT's probabilities."
@@ -1195,7 +1217,12 @@ def _regime_section(ev: RegimeEvaluation) -> list[str]:
         " persistence: the log of the training transition-matrix row P(label of t+1 |"
         " pending label of t) of the last bar is added to the TFT's output (trained end to"
         " end through that sum, the loss weighing the simulator and the S&P 500 windows"
-        " equally). It serves as ONNX (`encoder_cont [B, 32, 22] -> probabilities [B, 7]`:"
+        " equally). After training that output, the correction to persistence, is shrunk"
+        " toward the prior: multiplied by the scale in [0, 1] with the lowest log-loss on the"
+        " real validation span, where the targets are the labeler's own labels as on the"
+        f" markets serving reads (`models.regime_tft.fit_correction_scale`;"
+        f" {_f(ev.correction_scale, 2)} in this artifact). It serves as ONNX"
+        " (`encoder_cont [B, 32, 22] -> probabilities [B, 7]`:"
         " 15 scaled features, then the 7 label channels).",
         "",
         "**Data and splits** (those of `models.regime_tft.build_splits`):"
@@ -1327,7 +1354,15 @@ def _vol_section(ev: VolEvaluation) -> list[str]:
         "One global pytorch-forecasting `NBeats` (generic stack) reads the last"
         f" {desc['history']} trailing log realized vols of an instrument and forecasts the log"
         f" realized vol of the next {ev.h} bars (ONNX `history [B, {desc['history']}] ->"
-        " forecast [B, 1]`). The served ensemble blends it with EWMA(0.94) and the pooled"
+        " forecast [B, 1]`"
+        + (
+            "; the graph includes the QLIKE calibration of `models.vol_nbeats.QlikeCalibration`,"
+            " fitted on the validation span, which undoes the low variance bias of a log-vol"
+            " forecast fitted for squared error)."
+            if ev.calibration
+            else ")."
+        )
+        + " The served ensemble blends it with EWMA(0.94) and the pooled"
         " GARCH(1,1) using per-regime simplex weights, mixed by the TFT's regime"
         " probabilities, and adds split-conformal intervals (per-regime quantiles of"
         " |log-vol residual| on a calibration span, half-width = probabilities @ quantiles).",

@@ -26,7 +26,10 @@ Model
     hidden_continuous_size 32, CrossEntropy over the 7 regimes (model order of
     :data:`~models.regimes.REGIMES`); :class:`RegimeTFT` adds the log training
     transition row P(target of t+1 | observed label at t) of the last bar's label to its
-    logits (persistence as the prior; the TFT learns the correction, end to end).
+    logits (persistence as the prior; the TFT learns the correction, end to end). After
+    training the correction is shrunk toward the prior by the scale in [0, 1] with the
+    lowest log-loss on the real validation span (:func:`fit_correction_scale`; all
+    validation windows without real bars).
     Lightning with EarlyStopping on the validation loss, gradient clipping,
     ReduceLROnPlateau, one CPU thread, seeded. Its internal linear resampling runs as an
     exact matrix product (:func:`use_exact_resampling`).
@@ -433,6 +436,9 @@ class RegimeTFT(TemporalFusionTransformer):
     """
 
     log_transition: torch.Tensor
+    correction_scale: torch.Tensor
+    """Scalar weight of the TFT's output in the logits: 1 in training, then the shrinkage
+    :func:`fit_correction_scale` fits on the validation span."""
 
     def forward(self, x: dict[str, torch.Tensor]) -> Any:
         out = super().forward(x)
@@ -440,14 +446,16 @@ class RegimeTFT(TemporalFusionTransformer):
         channels = enc[torch.arange(enc.shape[0]), x["encoder_lengths"] - 1, LABEL_SLICE]
         last = (channels >= PENDING_WEIGHT - 0.5).to(enc.dtype)
         prior = (last @ self.log_transition.to(enc.dtype)).unsqueeze(1)
-        return out._replace(prediction=out["prediction"] + prior)
+        correction = out["prediction"] * self.correction_scale.to(enc.dtype)
+        return out._replace(prediction=correction + prior)
 
 
 def build_model(dataset: TimeSeriesDataSet, config: TrainConfig) -> TemporalFusionTransformer:
     """The TFT with the default hyper-parameters and a 7-class CrossEntropy head.
 
-    A :class:`RegimeTFT` whose ``log_transition`` buffer is zero (no prior) until
-    :func:`train` sets it, or ``load_state_dict`` restores it.
+    A :class:`RegimeTFT` whose ``log_transition`` buffer is zero (no prior) and
+    ``correction_scale`` 1 until :func:`train` sets them, or ``load_state_dict`` restores
+    them.
     """
     with warnings.catch_warnings():
         # Lightning notes that loss modules are saved twice; harmless here.
@@ -466,6 +474,7 @@ def build_model(dataset: TimeSeriesDataSet, config: TrainConfig) -> TemporalFusi
     if list(model.hparams.x_reals) != list(REAL_FEATURE_ORDER):
         raise RuntimeError(f"unexpected TFT input order {model.hparams.x_reals}")
     model.register_buffer("log_transition", torch.zeros(N_CLASSES, N_CLASSES))
+    model.register_buffer("correction_scale", torch.tensor(1.0))
     use_exact_resampling(model)
     return model
 
@@ -567,6 +576,41 @@ def torch_proba(model: TemporalFusionTransformer, scaled: npt.NDArray[np.float32
 
 # ---------------------------------------------------------------------------------------
 # Metrics and baselines
+
+
+def fit_correction_scale(
+    model: TemporalFusionTransformer, scaling: Scaling, series: Sequence[Series]
+) -> float:
+    """The shrinkage ``s`` of the TFT's correction with the lowest log-loss on ``series``.
+
+    ``s`` is searched in [0, 1] on a grid of 0.01. The logits are ``prior + s *
+    correction``: ``s = 1`` is the trained model, ``s = 0`` its persistence prior alone,
+    so ``log p(s) = (1 - s) log p(0) + s log p(1)`` up to a constant.
+    Leaves ``model.correction_scale`` at the fitted value.
+    """
+    windows, labels, targets = [], [], []
+    for s in series:
+        w, y = s.windows()
+        windows.append(w)
+        labels.append(s.label_windows())
+        targets.append(y)
+    x = encoder_input(scaling, np.concatenate(windows), np.concatenate(labels))
+    y = np.concatenate(targets)
+    logp = []
+    for scale in (0.0, 1.0):
+        with torch.no_grad():
+            model.correction_scale.fill_(scale)
+        logp.append(np.log(np.clip(torch_proba(model, x), _EPS, None)))
+    grid = np.linspace(0.0, 1.0, 101)
+    losses = []
+    for s in grid:
+        logits = (1.0 - s) * logp[0] + s * logp[1]
+        proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+        losses.append(log_loss(proba / proba.sum(axis=1, keepdims=True), y))
+    best = float(grid[int(np.argmin(losses))])
+    with torch.no_grad():
+        model.correction_scale.fill_(best)
+    return best
 
 
 def accuracy(proba: FloatArray, target: IntArray) -> float:
@@ -806,12 +850,17 @@ def train(config: TrainConfig, run_dir: Path | None = None) -> TrainResult:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
     model.eval()
+    # the shrinkage is fitted where the targets are the labeler's own labels, as on the
+    # markets serving reads (the simulator's latent regimes are a training device)
+    real_val = [s for s in splits.val if s.source == "real"]
+    scale = fit_correction_scale(model, scaling, real_val or splits.val)
     train_seconds = time.perf_counter() - started
     result = evaluate(model, scaling, splits, config)
     result.train_seconds = train_seconds
     assert splits.observed_labeler is not None
     result.labeler = splits.observed_labeler.to_dict()
     result.metrics["epochs"] = float(trainer.current_epoch)
+    result.metrics["correction_scale"] = scale
     log.info("regime TFT trained in %.1f s: %s", train_seconds, result.metrics)
     return result
 

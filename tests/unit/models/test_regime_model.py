@@ -36,6 +36,8 @@ from models.regime_tft import (
     TrainConfig,
     _frame,
     build_model,
+    fit_correction_scale,
+    log_loss,
     make_dataset,
     resample_matrix,
     sim_series,
@@ -43,7 +45,7 @@ from models.regime_tft import (
     torch_proba,
 )
 from models.regimes import REGIMES
-from models.runtime import ArtifactError, load_model
+from models.runtime import ArtifactError, LoadedModel, load_model
 from models.simulator import MarketSimulator
 
 
@@ -88,6 +90,24 @@ def test_artifact_when_loaded_through_the_runtime_gives_probabilities(windows, l
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     single = predict_proba(model, windows[:1], labels[:1])
     np.testing.assert_allclose(single, proba[:1], atol=1e-6)
+
+
+def test_runtime_when_given_one_window_runs_the_batch_1_session(windows, labels) -> None:
+    model = load_model(MODEL_NAME)
+    calls: list[str] = []
+
+    class Spy:
+        def __init__(self, name: str, session: object) -> None:
+            self.name, self.session = name, session
+
+        def run(self, *args: object) -> object:
+            calls.append(self.name)
+            return self.session.run(*args)  # type: ignore[attr-defined]
+
+    spied = LoadedModel(model.entry, Spy("any", model.session), Spy("one", model.single))
+    predict_proba(spied, windows[:1], labels[:1])
+    predict_proba(spied, windows[:3], labels[:3])
+    assert calls == ["one", "any"]
 
 
 def test_regime_window_when_streamed_equals_batch_features_and_labels(
@@ -198,6 +218,7 @@ def untrained():
     # a non-trivial persistence prior, so that the export has to carry it
     rows = torch.rand(len(REGIMES), len(REGIMES)) + 4.0 * torch.eye(len(REGIMES))
     model.log_transition.copy_(torch.log(rows / rows.sum(dim=1, keepdim=True)))
+    model.correction_scale.fill_(0.6)  # a shrunk correction, which the export must carry too
     return model
 
 
@@ -235,8 +256,28 @@ def test_wrapper_when_fed_windows_equals_the_tft_on_training_batches(untrained) 
         last = (channels >= 1.5).to(channels.dtype)  # the pending label
         plain = torch.nn.Module.__call__(untrained, x)["prediction"][:, 0, :]
         base = super(type(untrained), untrained).forward(x)["prediction"][:, 0, :]
-        assert torch.allclose(plain - base, last @ untrained.log_transition, atol=1e-6)
+        prior = last @ untrained.log_transition
+        assert torch.allclose(plain - 0.6 * base, prior, atol=1e-6)
     assert torch.max(torch.abs(reference - wrapped)).item() < 1e-6
+
+
+def test_correction_scale_when_fitted_has_the_lowest_log_loss_of_the_grid() -> None:
+    torch.manual_seed(1)
+    model = build_model(template_dataset(), TrainConfig()).eval()
+    series = sim_series(seed=5, n_bars=200)
+    warm = series.features[np.isfinite(series.features).all(axis=1)]
+    result = RegimeLabeler().fit(warm).label(series.features)
+    series = dataclasses.replace(series, observed=result.labels, pending=result.pending)
+    scaling = Scaling.fit(warm)
+    best = fit_correction_scale(model, scaling, [series])
+    assert 0.0 <= best <= 1.0 and float(model.correction_scale) == pytest.approx(best)
+    x = encoder_input(scaling, series.windows()[0], series.label_windows())
+    y = series.windows()[1]
+    losses = {}
+    for scale in (0.0, best, 1.0):
+        model.correction_scale.fill_(scale)
+        losses[scale] = log_loss(torch_proba(model, x), y)
+    assert losses[best] <= min(losses.values()) + 1e-9
 
 
 # -- quick training end to end --------------------------------------------------------

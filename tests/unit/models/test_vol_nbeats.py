@@ -77,6 +77,23 @@ def test_export_wrapper_equals_model_forward_and_is_level_invariant() -> None:
     torch.testing.assert_close(shifted, got + 2.0, rtol=0, atol=1e-5)
 
 
+def test_qlike_calibration_recovers_a_known_bias_and_runs_in_the_wrapper() -> None:
+    rng = np.random.default_rng(0)
+    hist = rng.normal(-4.5, 0.3, size=(4000, L))
+    level = hist.mean(axis=1)
+    raw = level + rng.normal(0.0, 0.2, size=len(level))
+    # log-vol targets whose implied variance is exactly a gain 0.8 / offset 0.15 away
+    y = level + 0.8 * (raw - level) + 0.15 - ve.gaussian_log_bias(H)
+    cal = vn.QlikeCalibration.fit(hist, raw, y, H)
+    assert cal.gain == pytest.approx(0.8, abs=1e-3)
+    assert cal.offset == pytest.approx(0.15, abs=1e-3)
+    model = _tiny_model()
+    x = torch.from_numpy(hist[:32].astype(np.float32))
+    plain = vn.predict_logvol(vn.NBeatsExport(model), x)
+    served = vn.predict_logvol(vn.NBeatsExport(model, cal), x)
+    np.testing.assert_allclose(served, cal.apply(hist[:32], plain), atol=1e-5)
+
+
 def test_origin_spans_never_straddle_a_boundary() -> None:
     n, h = 1000, 5
     span = vn.origin_spans(n, h, (0.6, 0.75, 0.85))
@@ -95,6 +112,7 @@ def test_quick_run_trains_exports_with_parity_and_registers(tmp_path: Path) -> N
     entry = export_nbeats.export_run(tmp_path / "run", tmp_path / "art", tmp_path / "m.json")
     assert entry.metrics["parity_max_abs"] < 1e-4
     assert entry.metrics["parity_pf_max_abs"] < 1e-4
+    assert set(entry.extra["qlike_calibration"]) >= {"gain", "offset"}
     for key in ("mse_logvol_nbeats", "mse_logvol_ewma", "mse_logvol_garch",
                 "mse_logvol_ensemble", "coverage_90"):  # fmt: skip
         assert math.isfinite(entry.metrics[key])
