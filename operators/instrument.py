@@ -17,11 +17,12 @@ are counted in ``riskstream_instrument_history_misses_total``.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import partial
+from operator import attrgetter
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -70,6 +71,8 @@ class Pending:
     as_of_ns: int
     """Its ts_event, or its partition's progress when it is late."""
     late: bool = False
+    seq: int = 0
+    """Arrival order at its instrument shard (proposals are released in this order)."""
 
 
 @dataclass
@@ -84,6 +87,7 @@ class InstrumentState:
     watermark: int = -1
     """Largest tick event time seen (-1 before the first tick)."""
     pending: list[Pending] = field(default_factory=list)
+    """Proposals waiting for ticks, by ``as_of_ns`` (then arrival)."""
 
     def add_ticks(self, batch: TickBatch, i0: int) -> tuple[int, int]:
         """Add ticks from ``i0`` on until one closes bars or is rejected, or the end.
@@ -132,6 +136,8 @@ class InstrumentShard:
     """Per proposal partition: the largest ts_event minus lateness of its proposals so far."""
     idle: dict[Part, int] = field(default_factory=dict)
     """Per proposal partition: progress from idle markers (live wall clock, or the end)."""
+    arrivals: int = 0
+    """Proposals that arrived so far (``Pending.seq``)."""
 
     def frontier(self, parts: tuple[Part, ...]) -> int | None:
         """No proposal below this can still come from ``parts`` but a late one (None: unknown).
@@ -211,6 +217,8 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         self.config = config
         self.bars_per_day = config.bars_per_day or max(1.0, 6.5 * 3600e9 / config.bar_interval_ns)
         self.state = thaw(state, InstrumentShard) if state is not None else InstrumentShard()
+        for ist in self.state.instruments.values():  # snapshots of older versions: arrival order
+            ist.pending.sort(key=attrgetter("as_of_ns"))
         self.frontier = self.state.frontier(config.proposal_parts)
 
     def instrument(self, instrument_id: str) -> InstrumentState:
@@ -259,10 +267,10 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
                 if self._complete(ist, pending):
                     out.append(self._priced(ist, pending, stale=False))
                 else:
-                    ist.pending.append(pending)
+                    bisect.insort(ist.pending, pending, key=attrgetter("as_of_ns"))
         for ist in touched.values():
             if ist.pending:
-                out.extend(self._release(ist, partial(self._complete, ist)))
+                out.extend(self._release_complete(ist))
         return out, StatefulBatchLogic.RETAIN
 
     def _progress(self, item: Progress) -> None:
@@ -281,7 +289,9 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         floor = self.state.proposed.get((item.source.topic, item.source.partition))
         late = floor is not None and ts < floor
         as_of = floor if late and floor is not None else ts
-        return Pending(item, item.received_ns + self.config.max_wait_ns, as_of, late)
+        self.state.arrivals += 1
+        deadline = item.received_ns + self.config.max_wait_ns
+        return Pending(item, deadline, as_of, late, self.state.arrivals)
 
     def _ticks(self, ist: InstrumentState, batch: TickBatch) -> list[InstrumentOut]:
         """Add a batch of ticks: rejected ones are dead-lettered, closed bars give marks."""
@@ -295,7 +305,7 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
                 out.append(self._rejected(ist, batch, i, code))
                 i += 1
         if self.frontier is not None:
-            through = min((p.as_of_ns for p in ist.pending), default=self.frontier)
+            through = ist.pending[0].as_of_ns if ist.pending else self.frontier
             ist.evict(min(through, self.frontier), self.config.lateness_ns)
         return out
 
@@ -345,14 +355,26 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         settled = ist.watermark - self.config.lateness_ns
         return ist.instrument is not None and p.as_of_ns < settled
 
+    def _release_complete(self, ist: InstrumentState) -> list[PricedProposal]:
+        """Price the complete proposals: a prefix of the pending ones, in arrival order."""
+        if ist.instrument is None:
+            return []
+        settled = ist.watermark - self.config.lateness_ns
+        n = bisect.bisect_left(ist.pending, settled, key=attrgetter("as_of_ns"))
+        done = sorted(ist.pending[:n], key=attrgetter("seq"))
+        del ist.pending[:n]
+        return [self._priced(ist, p, stale=False) for p in done]
+
     def _release(
         self, ist: InstrumentState, ready: Callable[[Pending], bool]
     ) -> list[PricedProposal]:
+        """Price the proposals ``ready`` says may go, in arrival order."""
         keep: list[Pending] = []
         done: list[Pending] = []
         for p in ist.pending:
             (done if ready(p) else keep).append(p)
         ist.pending = keep
+        done.sort(key=attrgetter("seq"))
         return [self._priced(ist, p, not self._complete(ist, p)) for p in done]
 
     def _priced(self, ist: InstrumentState, p: Pending, stale: bool) -> PricedProposal:

@@ -97,10 +97,10 @@ class Hedge:
 
 def _pick(rho: npt.NDArray[np.float64], min_abs_corr: float) -> int | None:
     """Position of the largest ``|rho|`` (ties: the first), or None at or below the floor."""
-    a = np.abs(np.where(np.isfinite(rho), rho, 0.0))
-    if not a.size:
+    a = [abs(x) if math.isfinite(x) else 0.0 for x in rho.tolist()]
+    if not a:
         return None
-    j = int(np.argmax(a))
+    j = max(range(len(a)), key=a.__getitem__)
     return j if a[j] > min_abs_corr else None
 
 
@@ -161,11 +161,12 @@ def model_hedge(
     j = _pick(rho, min_abs_corr)
     if j is None:
         return None
-    s = model.vols_for([instrument_id, ids[j]], vols, fallback_vols)
-    if not (np.isfinite(s).all() and s[1] > 0):
+    s_i, s_h = model.vols_for([instrument_id, ids[j]], vols, fallback_vols).tolist()
+    if not (math.isfinite(s_i) and math.isfinite(s_h) and s_h > 0):
         return None
-    beta = float(rho[j] * s[0] / s[1])
-    return Hedge(ids[j], float(rho[j]), beta, -beta * trade_cash)
+    corr = float(rho[j])
+    beta = corr * s_i / s_h
+    return Hedge(ids[j], corr, beta, -beta * trade_cash)
 
 
 def hedge_suggestion(

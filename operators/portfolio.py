@@ -10,6 +10,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -122,20 +123,28 @@ class Book:
     fills: list[tuple[int, str, str, float, float, float]] = field(default_factory=list)
     """(ts, execution_id, instrument_id, signed quantity, cash change, cash per unit of
     quantity), sorted by time."""
+    current: tuple[float, dict[str, float]] | None = field(default=None, repr=False, compare=False)
+    """Cash and positions now, once asked for (``apply`` forgets them)."""
 
     def __post_init__(self) -> None:
         if not self.cash_parts:
             self.cash_parts = [self.capital]
 
+    def _current(self) -> tuple[float, dict[str, float]]:
+        if self.current is None:
+            positions = {k: math.fsum(v) for k, v in sorted(self.position_parts.items())}
+            self.current = (math.fsum(self.cash_parts), positions)
+        return self.current
+
     @property
     def cash(self) -> float:
         """Cash now."""
-        return math.fsum(self.cash_parts)
+        return self._current()[0]
 
     @property
     def positions(self) -> dict[str, float]:
-        """Positions now, by instrument."""
-        return {k: math.fsum(v) for k, v in sorted(self.position_parts.items())}
+        """Positions now, by instrument (a copy)."""
+        return dict(self._current()[1])
 
     def apply(self, fill: Record, unit_value: float) -> None:
         """Apply one execution (``unit_value``: the instrument's face value)."""
@@ -145,13 +154,17 @@ class Book:
         inst = fill["instrument_id"]
         add_exact(self.position_parts.setdefault(inst, []), qty)
         add_exact(self.cash_parts, cash)
+        self.current = None
         bisect.insort(
             self.fills, (fill["ts_event"], fill["execution_id"], inst, qty, cash, unit_cash)
         )
 
     def as_of(self, ts: int) -> tuple[float, dict[str, float]]:
         """Cash and positions at event time ``ts`` (later fills undone, exactly)."""
-        later = self.fills[self._cut(ts) :]
+        cut = self._cut(ts)
+        if cut == len(self.fills):
+            return self.cash, self.positions
+        later = self.fills[cut:]
         cash = math.fsum([*self.cash_parts, *(-f[4] for f in later)])
         positions = {}
         for inst, parts in sorted(self.position_parts.items()):
@@ -314,6 +327,8 @@ class ShardState:
     def limits_as_of(self, base: Limits, portfolio_id: str, ts: int) -> Limits:
         """Configured limits with GLOBAL then PORTFOLIO ``SET_LIMIT`` overrides at ``ts``."""
         limits = base
+        if not self.limits:  # no SET_LIMIT so far
+            return limits
         for scope, target in (("GLOBAL", ""), ("PORTFOLIO", portfolio_id)):
             for name in Limits.names():
                 log = self.limits.get((scope, target, name))
@@ -439,8 +454,8 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
 
     def _fenced_through(self) -> int:
         """Event time every fenced partition has progressed to (END when none is fenced)."""
-        progress = self.state.progress
-        return min((progress.get(part, 0) for part in self.config.fence), default=END_OF_TIME)
+        fence = self.config.fence
+        return min(map(self.state.progress.get, fence, repeat(0)), default=END_OF_TIME)
 
     def _ready_below(self) -> int:
         """Event time no ready proposal reaches: the fences and the shared bars.
@@ -467,7 +482,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
     def _market_bars(self) -> bool:
         """Whether the market step will produce regimes (its instruments are all known)."""
         market = self.config.market_ids
-        return bool(market) and set(market) <= set(self.state.references)
+        return bool(market) and set(market) <= self.state.references.keys()
 
     def _ready(self, w: Waiting) -> bool:
         """Every input as of the proposal's time is in: then live and replay decide alike.

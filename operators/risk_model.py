@@ -324,8 +324,12 @@ class EwmaCovariance:
         return len(self.ids)
 
     def snapshot(self) -> EwmaCovariance:
-        """An independent deep copy."""
-        return copy.deepcopy(self)
+        """An independent deep copy (arrays, lists and dicts of immutables copied)."""
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray | list | dict):
+                setattr(new, name, value.copy())
+        return new
 
     # ---- updates ---------------------------------------------------------------------
 
@@ -475,15 +479,20 @@ class EwmaCovariance:
         Without ``ids``: with the whole universe, in :attr:`ids` order.
         """
         scales = self.corr_scales()
-        if ids is None:
-            pos = np.arange(self.n, dtype=np.int64)
-        else:
-            get = self.index.get
-            ids = list(ids)
-            pos = np.fromiter((get(k, -1) for k in ids), dtype=np.int64, count=len(ids))
-        if instrument_id not in self.index:
+        i = self.index.get(instrument_id)
+        if ids is None:  # the whole universe: a dozen floats, faster in Python
+            n = self.n
+            if i is None:
+                return np.full(n, np.nan)
+            inv_i = float(scales[i])
+            pairs = zip(self._m[i, :n].tolist(), scales.tolist(), strict=True)
+            return np.array(
+                [m * s * inv_i if s * inv_i > 0 else math.nan for m, s in pairs], dtype=np.float64
+            )
+        get = self.index.get
+        pos = np.array([get(k, -1) for k in ids], dtype=np.int64)
+        if i is None:
             return np.full(len(pos), np.nan)
-        i = self.index[instrument_id]
         idx = np.maximum(pos, 0)
         inv = np.where(pos >= 0, scales[idx], 0.0)
         inv_i = float(scales[i])
@@ -781,10 +790,10 @@ def max_qty_gross(w: npt.ArrayLike, i: int, unit_cash: float, side: int, limit: 
     book is over the limit, as far as it does not end above where it started.
     """
     w_ = np.asarray(w, dtype=np.float64)
-    if unit_cash <= 0 or not np.isfinite(w_).all():
+    if unit_cash <= 0 or not all(map(math.isfinite, w_.tolist())):
         return 0.0
     wi = float(w_[i])
-    others = float(np.abs(w_).sum()) - abs(wi)
+    others = float(np.add.reduce(np.abs(w_))) - abs(wi)  # ndarray.sum without its wrapper
     cap = max(limit, others + abs(wi))
     return max(0.0, (cap - others - side * wi) / unit_cash)
 
@@ -795,9 +804,9 @@ def max_qty_net(w: npt.ArrayLike, unit_cash: float, side: int, limit: float) -> 
     Closed form ``q = (L - side net) / a``, ``L = max(limit, |net|)``.
     """
     w_ = np.asarray(w, dtype=np.float64)
-    if unit_cash <= 0 or not np.isfinite(w_).all():
+    if unit_cash <= 0 or not all(map(math.isfinite, w_.tolist())):
         return 0.0
-    net = float(w_.sum())
+    net = float(np.add.reduce(w_))
     cap = max(limit, abs(net))
     return max(0.0, (cap - side * net) / unit_cash)
 
@@ -933,17 +942,17 @@ def book_moments_for(
 
     Correlations from the model, volatilities by the rules of :meth:`EwmaCovariance.vols_for`.
     """
-    n = len(exposures)
-    w = np.fromiter(exposures.values(), dtype=np.float64, count=n)
-    keys: Iterable[str] = exposures
+    keys = list(exposures)
+    weights = list(exposures.values())
     if instrument_id in exposures:
-        p = list(exposures).index(instrument_id)
+        p = keys.index(instrument_id)
     else:
-        keys = [*exposures, instrument_id]
-        w = np.append(w, 0.0)
-        p = n
+        p = len(keys)
+        keys.append(instrument_id)
+        weights.append(0.0)
+    w = np.array(weights, dtype=np.float64)
     get = model.index.get
-    pos = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(w))
+    pos = np.array([get(k, -1) for k in keys], dtype=np.int64)
     first = _per_key(keys, vols)
     last = _per_key(keys, fallback_vols)
     s2, c, vol = book_moments(
@@ -1082,11 +1091,11 @@ def check_var_budget(
 
 
 def _aligned(exposures: Mapping[str, float], instrument_id: str) -> tuple[FloatArray, int]:
-    n = len(exposures)
-    w = np.fromiter(exposures.values(), dtype=np.float64, count=n)
+    weights = list(exposures.values())
     if instrument_id in exposures:
-        return w, list(exposures).index(instrument_id)
-    return np.append(w, 0.0), n
+        return np.array(weights, dtype=np.float64), list(exposures).index(instrument_id)
+    weights.append(0.0)
+    return np.array(weights, dtype=np.float64), len(exposures)
 
 
 def check_gross_notional(

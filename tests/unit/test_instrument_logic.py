@@ -147,6 +147,25 @@ def test_on_batch_when_several_proposals_wait_releases_only_the_covered_ones():
     assert [p.item.record["proposal_id"] for p in aapl(lg).pending] == ["late"]
 
 
+def test_on_batch_when_proposals_wait_out_of_time_order_releases_them_in_arrival_order():
+    lg = logic()
+    feed(lg, inb("Instrument", instrument()), px(T0, 100.0))
+    arrivals = [("c", 3), ("a", 1), ("e", 9), ("b", 2), ("d", 8)]
+    feed(
+        lg,
+        *(
+            inb("TradeProposal", proposal(proposal_id=i, ts_event=T0 + s * SECOND))
+            for i, s in arrivals
+        ),
+    )
+
+    out = priced(feed(lg, px(T0 + 4 * SECOND, 102.0)))
+    rest = priced(list(lg.on_eof()[0]))
+
+    assert [p.proposal["proposal_id"] for p in out] == ["c", "a", "b"]
+    assert [(p.proposal["proposal_id"], p.stale) for p in rest] == [("e", True), ("d", True)]
+
+
 def test_on_eof_when_proposals_wait_releases_them_marked_stale():
     lg = logic()
     feed(lg, inb("Instrument", instrument()), px(T0, 100.0))

@@ -126,6 +126,18 @@ def test_book_as_of_when_called_does_not_change_the_live_book():
     assert book.cash == pytest.approx(CAPITAL - 6_650.0)
 
 
+def test_book_as_of_when_read_before_and_after_a_fill_gives_the_book_after_it():
+    book = _book()
+    cash, positions = book.as_of(T0 + 3600 * SECOND)  # now: no later fill to undo
+    positions["AAPL"] = 0.0  # a caller's copy, not the book's
+
+    book.apply(execution(side="BUY", quantity=5.0, price=100.0, ts_event=T0 + 4 * SECOND), 1.0)
+
+    assert book.as_of(T0 + 3600 * SECOND) == (pytest.approx(cash - 500.0), {"AAPL": 75.0})
+    assert (book.cash, book.positions) == book.as_of(T0 + 3600 * SECOND)
+    assert book.as_of(T0 + 3 * SECOND) == (pytest.approx(cash), {"AAPL": 70.0})
+
+
 # --- TimeLog ------------------------------------------------------------------------------------
 
 _LOG = [
