@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from bytewax._bytewax import cli_main
 
     from dataflows.app import configure_models, kafka_flow, probes
+    from dataflows.collect import collect_less
     from dataflows.kafka_io import ensure_topics
     from dataflows.metrics_server import serve_metrics
     from dataflows.redis_sink import check_redis
@@ -71,14 +72,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     )
     log.info("pre-trade flow starting on %s", settings.kafka_bootstrap)
     try:
-        cli_main(
-            flow,
-            workers_per_process=args.workers,
-            process_id=args.process_id,
-            addresses=args.addresses.split(";") if args.addresses else None,
-            epoch_interval=timedelta(seconds=args.snapshot_interval),
-            recovery_config=recovery,
-        )
+        with collect_less():
+            cli_main(
+                flow,
+                workers_per_process=args.workers,
+                process_id=args.process_id,
+                addresses=args.addresses.split(";") if args.addresses else None,
+                epoch_interval=timedelta(seconds=args.snapshot_interval),
+                recovery_config=recovery,
+            )
     except Exception as exc:
         if not _interrupted(exc):
             raise

@@ -21,7 +21,6 @@ worker threads share one writer. Several processes need ``--out-topic``.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import logging
@@ -32,8 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import takewhile
@@ -46,6 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
+from dataflows.collect import collect_less
 from dataflows.settings import INPUT_KINDS, LimitSettings, Settings
 from operators.errors import ConfigError, InfrastructureError
 from operators.records import PROPOSAL, DeadLetterItem, Decided, MessageBlock, StateWrite
@@ -1162,28 +1161,6 @@ def prepare(settings: Settings, opts: ReplayOptions) -> tuple[Settings, ReplayPl
     return settings, plan, outputs
 
 
-YOUNG_GC_THRESHOLD = 10_000
-"""Allocations between young-generation collections while a replay runs (Python: 700)."""
-
-
-@contextmanager
-def _collect_less() -> Iterator[None]:
-    """Cyclic garbage collection that leaves out what exists before the flow starts.
-
-    Modules, models and compiled kernels are never garbage, yet each full collection
-    walked all of them (a tenth of a replay's time); a replay makes short-lived objects
-    by the million, and fewer young collections find the same garbage.
-    """
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 def _exists(config: dict[str, Any], topic: str) -> bool:
     try:
         topic_partitions(config, [topic])
@@ -1224,7 +1201,7 @@ def run_replay(
         bar.start()
     ok = False
     try:
-        with _collect_less():
+        with collect_less():
             cli_main(
                 flow,
                 workers_per_process=opts.workers,
