@@ -94,6 +94,28 @@ def start_flow(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
+def wait_ready(proc: subprocess.Popen[bytes], settings: Settings, timeout_s: float = 300.0) -> None:
+    """Wait until the flow's ``/readyz`` answers 200 (warmed up, reading, broker and Redis up).
+
+    Fed only then, the demo's first proposals are not a start-up backlog.
+    """
+    import urllib.request
+
+    if not settings.metrics_port:
+        return
+    url = f"http://{settings.metrics_host}:{settings.metrics_port}/readyz"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfrastructureError(f"the flow process exited with code {proc.returncode}")
+        # not listening yet, or 503 (an HTTPError, an OSError)
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.2)
+    raise InfrastructureError(f"the flow was not ready within {timeout_s:.0f} s ({url})")
+
+
 def stop_flow(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """SIGINT, then SIGKILL if it does not stop within ``grace_s``."""
     if proc.poll() is None:
@@ -255,6 +277,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ensure_topics(live, live.topics.all())
         flow = start_flow(live)
         print(f"pre-trade flow started (pid {flow.pid}); metrics on :{live.metrics_port}")
+        try:
+            wait_ready(flow, live)
+        except BaseException:
+            stop_flow(flow)
+            raise
+        print("pre-trade flow ready (warmed up, reading); publishing the simulated market")
         dead = DeadLetterCounter(live, stop)
         threads = [Producer(live, opts, stop), Fills(live, args.seed, stop), dead]
         if args.halt_at > 0:
