@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,8 +23,9 @@ class _Proc:
         return self.returncode
 
 
-def _server(statuses: list[int]) -> ThreadingHTTPServer:
-    """Answers /readyz with ``statuses`` in turn, then the last one."""
+@contextmanager
+def _readyz(statuses: list[int]) -> Iterator[Settings]:
+    """Settings whose metrics port answers /readyz with ``statuses`` in turn, then the last."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -34,30 +37,23 @@ def _server(statuses: list[int]) -> ThreadingHTTPServer:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield Settings(metrics_port=server.server_port)
+    finally:
+        server.shutdown()
 
 
 def test_wait_ready_when_503_then_200_returns() -> None:
-    server = _server([503, 503, 200])
-    try:
-        wait_ready(_Proc(), Settings(metrics_port=server.server_port), timeout_s=10)  # type: ignore[arg-type]
-    finally:
-        server.shutdown()
+    with _readyz([503, 503, 200]) as settings:
+        wait_ready(_Proc(), settings, timeout_s=10)  # type: ignore[arg-type]
 
 
-def test_wait_ready_when_the_flow_exits_raises() -> None:
-    server = _server([503])
-    try:
-        with pytest.raises(InfrastructureError, match="exited with code 3"):
-            wait_ready(_Proc(3), Settings(metrics_port=server.server_port), timeout_s=10)  # type: ignore[arg-type]
-    finally:
-        server.shutdown()
-
-
-def test_wait_ready_when_never_ready_raises_in_time() -> None:
-    server = _server([503])
-    try:
-        with pytest.raises(InfrastructureError, match="not ready within"):
-            wait_ready(_Proc(), Settings(metrics_port=server.server_port), timeout_s=1)  # type: ignore[arg-type]
-    finally:
-        server.shutdown()
+@pytest.mark.parametrize(
+    ("proc", "timeout_s", "message"),
+    [(_Proc(3), 10, "exited with code 3"), (_Proc(), 1, "not ready within")],
+)
+def test_wait_ready_when_the_flow_exits_or_never_gets_ready_raises(
+    proc: _Proc, timeout_s: float, message: str
+) -> None:
+    with _readyz([503]) as settings, pytest.raises(InfrastructureError, match=message):
+        wait_ready(proc, settings, timeout_s=timeout_s)  # type: ignore[arg-type]
