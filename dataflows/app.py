@@ -151,12 +151,13 @@ def kafka_flow(
     )
     consumer = consumer_config(settings)
     fenced = [topics.name(role) for role in ("control", "executions", "instruments")]
-    proposals = topics.name("proposals")
+    proposals, references = topics.name("proposals"), topics.name("instruments")
     parts = list_partitions(consumer, [*fenced, proposals])
     config = replace(
         settings.engine_config(wait_for_data=wait_for_data),
         fence=tuple(p for p in parts if p[0] != proposals),
         proposal_parts=tuple(p for p in parts if p[0] == proposals),
+        reference_parts=tuple(p for p in parts if p[0] == references),
         recoverable=durable,
     )
     source = RiskSource(

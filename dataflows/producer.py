@@ -46,6 +46,10 @@ class ProduceOptions:
     realtime: bool = True
     bad_every: int = 0
     """Every N-th proposal is sent as undecodable bytes (demonstrates the DLQ); 0: never."""
+    quiet_tail_s: float = 0.0
+    """Seconds at the end of ``duration_s`` with ticks but no proposals: every proposal is
+    followed by the ticks that close its bars (a live flow then waits for no data that
+    never comes, and decides as a replay does)."""
 
 
 def now_ns() -> int:
@@ -74,12 +78,13 @@ def simulated_events(opts: ProduceOptions, start_ns: int) -> Iterator[tuple[str,
     duration = None if opts.duration_s is None else int(opts.duration_s * NS)
     interval = tick_interval_ns(len(sim.instrument_ids), opts.tick_rate)
     ticks = sim.ticks(start_ns, duration_ns=duration, tick_interval_ns=interval)
+    proposal_ns = duration
+    if duration is not None and opts.quiet_tail_s:
+        proposal_ns = duration - NS - int(opts.quiet_tail_s * NS)  # they start 1 s in
     proposals = sim.proposals(
-        opts.portfolios,
-        start_ns=start_ns + NS,
-        rate_per_s=opts.proposal_rate,
-        duration_ns=duration,
-    )
+        opts.portfolios, start_ns=start_ns + NS, rate_per_s=opts.proposal_rate,
+        duration_ns=proposal_ns,
+    )  # fmt: skip
     tagged = merge_by_ts(ticks, proposals)
     for rec in tagged:
         yield ("TradeProposal" if "proposal_id" in rec else "MarketTick"), rec
@@ -156,6 +161,9 @@ def add_produce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--duration", type=float, default=None, help="seconds of event time")
     p.add_argument("--max-speed", action="store_true", help="do not pace by event time")
+    p.add_argument(
+        "--quiet-tail", type=float, default=0.0, help="last SECONDS of --duration without proposals"
+    )
     p.set_defaults(func=cmd_produce)
 
 
@@ -166,6 +174,10 @@ def options_from(args: argparse.Namespace) -> ProduceOptions:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
     if args.duration is not None and args.duration <= 0:
         raise ConfigError("--duration must be > 0")
+    if args.quiet_tail < 0 or (args.quiet_tail and args.duration is None):
+        raise ConfigError("--quiet-tail must be >= 0 and needs --duration")
+    if args.duration is not None and args.quiet_tail >= args.duration - 1:
+        raise ConfigError("--quiet-tail must leave at least 1 s of --duration for proposals")
     return ProduceOptions(
         args.source,
         args.tick_rate,
@@ -174,6 +186,7 @@ def options_from(args: argparse.Namespace) -> ProduceOptions:
         args.seed,
         args.duration,
         not args.max_speed,
+        quiet_tail_s=args.quiet_tail,
     )
 
 

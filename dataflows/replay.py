@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from dataflows.collect import collect_less
 from dataflows.settings import INPUT_KINDS, LimitSettings, Settings
 from operators.errors import ConfigError, InfrastructureError
-from operators.records import PROPOSAL, DeadLetterItem, Decided, MessageBlock, StateWrite
+from operators.records import PROPOSAL, REFERENCE, DeadLetterItem, Decided, MessageBlock, StateWrite
 
 log = logging.getLogger(__name__)
 
@@ -919,6 +919,9 @@ def replay_flow(
         ),
         proposal_parts=tuple(
             (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) == PROPOSAL
+        ),
+        reference_parts=tuple(
+            (r.topic, r.partition) for r in plan.ranges if plan.kinds.get(r.topic) == REFERENCE
         ),
         recoverable=False,  # a replay is re-run, never recovered
     )

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     wait this much longer for stragglers."""
     stale_after_s: float = Field(30.0, gt=0, le=86_400 * 365)
     max_wait_ms: float = Field(250.0, ge=0, le=3_600_000)
+    reference_wait_ms: float = Field(2000.0, ge=0, le=3_600_000)
+    """Live: how long a proposal for an instrument without reference data waits for it
+    (at start-up the reference partitions can be read after the proposals')."""
     warm_up: bool = True
     """``riskstream run`` first runs ``riskstream warm-up`` (the flow in memory over simulated
     data, in a child process): the kernels are compiled before the first live proposal."""
@@ -184,6 +187,7 @@ class Settings(BaseSettings):
             bars_per_day=self.bars_per_day,
             stale_after_ns=int(self.stale_after_s * NS),
             max_wait_ns=int(self.max_wait_ms * 1e6),
+            reference_wait_ns=int(self.reference_wait_ms * 1e6),
             lateness_ns=int(self.allowed_lateness_ms * 1e6),
             idle_margin_ns=int(self.idle_margin * 1e6),
             wait_for_data=wait_for_data,

@@ -110,6 +110,13 @@ class EngineConfig:
     proposal_parts: tuple[tuple[str, int], ...] = ()
     """(topic, partition) of every proposal partition: instrument history is evicted only
     behind the progress of all of them (empty: unknown, history kept up to the caps)."""
+    reference_parts: tuple[tuple[str, int], ...] = ()
+    """(topic, partition) of every reference-data partition: a proposal for an instrument
+    without reference data is answered once all of them passed its time (empty: unknown;
+    it then waits like any proposal, live up to ``reference_wait_ns``)."""
+    reference_wait_ns: int = 2_000_000_000
+    """Live: how long (wall clock) a proposal for an instrument without reference data waits
+    for it (at start-up the reference partitions can be read after the proposals')."""
     instrument_shards: int = 16
     """Number of instrument shard keys (proposal progress goes to each)."""
     tick_history_cap: int = 262_144

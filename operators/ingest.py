@@ -73,8 +73,8 @@ def parse_batch(
 
     Ticks come out as one columnar ``TickBatch`` per instrument. For fenced topics
     (control, executions, reference data), the batch ends with one ``Progress`` per
-    partition it touched: from the data's event times, from an idle marker (live: wall
-    clock minus a margin; bounded reads: the end).
+    partition it touched: from the data's event times and, apart (``idle=True``), from
+    idle markers (live: wall clock minus a margin; bounded reads: the end).
 
     Proposal partitions get a lane of their own (``Progress(PROPOSAL, ...)``, for the
     instrument step only): at the end of the batch, from the proposals' event times minus
@@ -85,6 +85,7 @@ def parse_batch(
     now = int(datetime.now(UTC).timestamp() * 1e9)
     out: list[Parsed] = []
     progress: dict[tuple[str, int], int] = {}
+    fenced_idle: dict[tuple[str, int], int] = {}
     proposed: dict[tuple[str, int], int] = {}
     proposals_idle: dict[tuple[str, int], int] = {}
     tick_blocks: list[MessageBlock] = []
@@ -94,7 +95,7 @@ def parse_batch(
             if kind == PROPOSAL:
                 _idle_progress(block, config, proposals_idle)
             elif kind in config.fence_kinds:
-                _idle_progress(block, config, progress)
+                _idle_progress(block, config, fenced_idle)
             continue
         metrics.MESSAGES.labels(block.topic).inc(len(block))
         kind = kinds.get(block.topic)
@@ -118,10 +119,11 @@ def parse_batch(
             out.append(parsed)
     if tick_blocks:
         out.extend(tick_batches(tick_blocks, codec, now))
-    lanes: dict[str, list[tuple[str, int, int]]] = {}
-    for (topic, partition), ts in progress.items():
-        lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
-    out.extend(Progress(kind, tuple(parts)) for kind, parts in lanes.items())
+    for seen, idle in ((progress, False), (fenced_idle, True)):
+        lanes: dict[str, list[tuple[str, int, int]]] = {}
+        for (topic, partition), ts in seen.items():
+            lanes.setdefault(kinds[topic], []).append((topic, partition, ts))
+        out.extend(Progress(kind, tuple(parts), idle=idle) for kind, parts in lanes.items())
     if proposed:
         out.append(Progress(PROPOSAL, tuple((t, p, ts) for (t, p), ts in proposed.items())))
     if proposals_idle:

@@ -38,6 +38,7 @@ from operators.kernels.validation import INVALID_PRICE, LATE, check_tick
 from operators.records import (
     END_OF_TIME,
     PROPOSAL,
+    REFERENCE,
     DeadLetterItem,
     Inbound,
     Mark,
@@ -138,6 +139,14 @@ class InstrumentShard:
     """Per proposal partition: progress from idle markers (live wall clock, or the end)."""
     arrivals: int = 0
     """Proposals that arrived so far (``Pending.seq``)."""
+    referenced: dict[Part, int] = field(default_factory=dict)
+    """Per reference-data partition: no reference record below this can still come."""
+
+    def reference_through(self, parts: tuple[Part, ...]) -> int | None:
+        """No reference record below this can still come from ``parts`` (None: unknown)."""
+        if not parts or any(part not in self.referenced for part in parts):
+            return None
+        return min(self.referenced[part] for part in parts)
 
     def frontier(self, parts: tuple[Part, ...]) -> int | None:
         """No proposal below this can still come from ``parts`` but a late one (None: unknown).
@@ -219,7 +228,10 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         self.state = thaw(state, InstrumentShard) if state is not None else InstrumentShard()
         for ist in self.state.instruments.values():  # snapshots of older versions: arrival order
             ist.pending.sort(key=attrgetter("as_of_ns"))
+        if not hasattr(self.state, "referenced"):  # snapshots of older versions
+            self.state.referenced = {}
         self.frontier = self.state.frontier(config.proposal_parts)
+        self.reference_through = self.state.reference_through(config.reference_parts)
 
     def instrument(self, instrument_id: str) -> InstrumentState:
         """The state of one instrument (new when first seen)."""
@@ -247,7 +259,12 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         touched: dict[str, InstrumentState] = {}
         for item in values:
             if isinstance(item, Progress):
-                self._progress(item)
+                if self._progress(item):  # reference data: unknown instruments may be answered
+                    touched.update(
+                        (i, s)
+                        for i, s in self.state.instruments.items()
+                        if s.pending and s.instrument is None
+                    )
                 continue
             if isinstance(item, Inbound) and item.kind == "MarketTick":
                 item = tick_batch_of(item)
@@ -257,13 +274,15 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
                 continue
             rec = item.record
             ist = touched[rec["instrument_id"]] = self.instrument(rec["instrument_id"])
-            if item.kind == "Instrument":
+            if item.kind == REFERENCE:
                 ist.instrument = rec
+                for p in ist.pending:  # now they wait for ticks only
+                    p.deadline_ns = min(p.deadline_ns, p.item.received_ns + self.config.max_wait_ns)
                 out.append(
                     StateWrite(f"reference:{ist.instrument_id}", rec["ts_event"], _ref_fields(rec))
                 )
             else:
-                pending = self._pending(item)
+                pending = self._pending(ist, item)
                 if self._complete(ist, pending):
                     out.append(self._priced(ist, pending, stale=False))
                 else:
@@ -273,25 +292,44 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
                 out.extend(self._release_complete(ist))
         return out, StatefulBatchLogic.RETAIN
 
-    def _progress(self, item: Progress) -> None:
-        """A proposal partition's progress (from its proposals, or idle markers)."""
-        if item.kind != PROPOSAL:
-            return
-        seen = self.state.idle if item.idle else self.state.proposed
+    def _progress(self, item: Progress) -> bool:
+        """Progress of a proposal or reference-data partition (True: the reference fence moved).
+
+        Proposal progress comes from the proposals or, apart, from idle markers.
+        """
+        if item.kind == REFERENCE:
+            seen = self.state.referenced
+        elif item.kind == PROPOSAL:
+            seen = self.state.idle if item.idle else self.state.proposed
+        else:
+            return False
         for topic, partition, ts in item.parts:
+            if item.kind == REFERENCE and item.idle and ts != END_OF_TIME:
+                continue  # wall clock: reference records carry as-of times older than that
             part = (topic, partition)
             seen[part] = max(seen.get(part, ts), ts)
+        if item.kind == REFERENCE:
+            before = self.reference_through
+            self.reference_through = self.state.reference_through(self.config.reference_parts)
+            return self.reference_through != before
         self.frontier = self.state.frontier(self.config.proposal_parts)
+        return False
 
-    def _pending(self, item: Inbound) -> Pending:
-        """A proposal to price: as of its ts_event, or of its partition's progress if late."""
+    def _pending(self, ist: InstrumentState, item: Inbound) -> Pending:
+        """A proposal to price: as of its ts_event, or of its partition's progress if late.
+
+        Live, it waits ``max_wait_ns`` for its ticks, or ``reference_wait_ns`` while its
+        instrument has no reference data.
+        """
         ts = item.record["ts_event"]
         floor = self.state.proposed.get((item.source.topic, item.source.partition))
         late = floor is not None and ts < floor
         as_of = floor if late and floor is not None else ts
         self.state.arrivals += 1
-        deadline = item.received_ns + self.config.max_wait_ns
-        return Pending(item, deadline, as_of, late, self.state.arrivals)
+        wait = self.config.max_wait_ns
+        if ist.instrument is None:
+            wait = max(wait, self.config.reference_wait_ns)
+        return Pending(item, item.received_ns + wait, as_of, late, self.state.arrivals)
 
     def _ticks(self, ist: InstrumentState, batch: TickBatch) -> list[InstrumentOut]:
         """Add a batch of ticks: rejected ones are dead-lettered, closed bars give marks."""
@@ -300,7 +338,7 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         while i < len(batch):
             i, code = ist.add_ticks(batch, i)
             if code == RUN_CLOSE:
-                out.extend(self._bar_outputs(ist))
+                out.extend(self._bar_outputs(ist, batch.partition()))
             elif code in (RUN_LATE, RUN_INVALID):
                 out.append(self._rejected(ist, batch, i, code))
                 i += 1
@@ -328,7 +366,7 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         )
         return DeadLetterItem(letter)
 
-    def _bar_outputs(self, ist: InstrumentState) -> list[InstrumentOut]:
+    def _bar_outputs(self, ist: InstrumentState, part: Part) -> list[InstrumentOut]:
         """The mark and the Redis snapshot of the bar that just closed."""
         end = ist.bars.last_end()
         assert end is not None
@@ -345,21 +383,28 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
             bar_yield=ist.features.last_bar.close_yield if ist.features.last_bar else math.nan,
             log_return=values.get("log_return_1", math.nan),
             ewma_var=ewm * ewm,
+            part=part,
         )
         fields = {k: repr(v) for k, v in values.items() if math.isfinite(v)}
         fields["daily_vol"] = repr(vol) if math.isfinite(vol) else "nan"
         return [mark, StateWrite(f"instrument:{ist.instrument_id}", end, fields)]
 
+    def _settled(self, ist: InstrumentState) -> int:
+        """Event time before which a proposal has all the data it will get.
+
+        Reference data is known and no tick at or before it can still come; or, for an
+        instrument without reference data, no reference record can.
+        """
+        if ist.instrument is not None:
+            return ist.watermark - self.config.lateness_ns
+        return -1 if self.reference_through is None else self.reference_through
+
     def _complete(self, ist: InstrumentState, p: Pending) -> bool:
-        """Reference data is known and no tick at or before the proposal can still come."""
-        settled = ist.watermark - self.config.lateness_ns
-        return ist.instrument is not None and p.as_of_ns < settled
+        return p.as_of_ns < self._settled(ist)
 
     def _release_complete(self, ist: InstrumentState) -> list[PricedProposal]:
         """Price the complete proposals: a prefix of the pending ones, in arrival order."""
-        if ist.instrument is None:
-            return []
-        settled = ist.watermark - self.config.lateness_ns
+        settled = self._settled(ist)
         n = bisect.bisect_left(ist.pending, settled, key=attrgetter("as_of_ns"))
         done = sorted(ist.pending[:n], key=attrgetter("seq"))
         del ist.pending[:n]

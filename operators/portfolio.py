@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import zlib
 from collections import OrderedDict, deque
@@ -38,6 +39,11 @@ from operators.records import (
 from operators.risk_model import BarReturns, EwmaCovariance
 from operators.snapshot import freeze, thaw
 
+log = logging.getLogger(__name__)
+
+AUTO_ISSUER = "riskstream-auto"
+"""Issuer of the automatic REDUCE_ONLY commands (read back from risk.control: no-ops)."""
+
 T = TypeVar("T")
 HISTORY_BARS = 512
 """Marks, covariance snapshots, forecasts and regimes kept per shard: every one a waiting
@@ -68,8 +74,14 @@ class TimeLog:
         self.values: list[object] = []
 
     def add(self, ts: int, tiebreak: str, value: object) -> None:
-        """Insert in (ts, tiebreak) order, so arrival order does not matter."""
+        """Insert in (ts, tiebreak) order, so arrival order does not matter.
+
+        A key already present (a redelivered or read-back command) is not added twice.
+        """
         i = bisect.bisect_right(self.keys, (ts, tiebreak))
+        if i and self.keys[i - 1] == (ts, tiebreak):
+            self.values[i - 1] = value
+            return
         self.keys.insert(i, (ts, tiebreak))
         self.values.insert(i, value)
 
@@ -257,17 +269,31 @@ class ShardState:
         Waits for every instrument with reference data, and only for bars before
         ``known_through`` (all reference data up to it is in), so that no return is left
         out of a bar whatever the arrival order. Live runs (``quiet_ns``) stop waiting for
-        an instrument whose last mark (or, never marked, the first mark of any) is more
-        than ``quiet_ns`` older than the newest: a quiet market must not hold all others.
+        an instrument whose last mark is more than ``quiet_ns`` older than the newest mark
+        from the same tick partition (never marked: than the first mark of any): a quiet
+        instrument must not hold all others. Within a partition ticks are read in order,
+        so that holds whatever the read speed; a partition read behind the others (after
+        a restart, catching up) is not quiet.
         """
         waited: Iterable[str] = self.references
         if quiet_ns is not None and self.marks:
-            newest = max(m[-1].ts_event for m in self.marks.values() if m)
-            since = self.first_mark if self.first_mark >= 0 else newest
+            newest: dict[tuple[str, int] | None, int] = {}
+            for marks in self.marks.values():
+                if not marks:
+                    continue
+                last = marks[-1]
+                newest[last.part] = max(newest.get(last.part, last.ts_event), last.ts_event)
+            overall = max(newest.values())
+            since = self.first_mark if self.first_mark >= 0 else overall
             waited = [
                 i
                 for i in waited
-                if newest - (m[-1].ts_event if (m := self.marks.get(i)) else since) <= quiet_ns
+                if (
+                    newest[m[-1].part] - m[-1].ts_event
+                    if (m := self.marks.get(i))
+                    else overall - since
+                )
+                <= quiet_ns
             ]
         complete = min(
             (m[-1].ts_event if (m := self.marks.get(i)) else -1 for i in waited), default=-1
@@ -647,7 +673,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             "target": pid,
             "limit_name": None,
             "limit_value": None,
-            "issuer": "riskstream-auto",
+            "issuer": AUTO_ISSUER,
             "reason": why,
             "nonce": f"auto-{pid}-{ts}",
             "key_id": next(iter(sorted(self.config.control.keys)), ""),
@@ -663,7 +689,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         fields = {
             "state": "REDUCE_ONLY",
             "command_id": command["command_id"],
-            "issuer": "riskstream-auto",
+            "issuer": AUTO_ISSUER,
         }
         return [AutoControl(command), StateWrite(f"trading_state:PORTFOLIO:{pid}", ts, fields)]
 
@@ -675,7 +701,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             return []
         if not _remember(self.state.executed, r["execution_id"]):
             return []  # a redelivered fill is applied once
-        self._count_late(r["ts_event"], "Execution")
+        self._count_late(r["ts_event"], "Execution", r["execution_id"])
         book = self.state.books.setdefault(r["portfolio_id"], Book(self.config.portfolio_capital))
         book.apply(r, ref["face_value"])
         return [book_write(r["portfolio_id"], book, r["ts_event"])]
@@ -687,13 +713,19 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
             out.extend(self._execute(fill))
         return out
 
-    def _count_late(self, ts: int, kind: str) -> None:
+    def _count_late(self, ts: int, kind: str, ident: str) -> None:
         if ts <= self.state.decided_upto:
             metrics.LATE_INPUTS.labels(kind).inc()
+            log.warning(
+                "late input: %s %s at ts_event %d arrived after a proposal at %d was decided"
+                " (applied from its time on; decisions in between did not see it)",
+                kind, ident, ts, self.state.decided_upto,
+            )  # fmt: skip
 
     def _control(self, item: Inbound) -> list[ShardOut]:
         c = item.record
-        self._count_late(c["ts_event"], "ControlCommand")
+        if c["issuer"] != AUTO_ISSUER:  # ours: applied at its bar by the shard that issued it
+            self._count_late(c["ts_event"], "ControlCommand", c["command_id"])
         scope = (c["scope"], c["target"] if c["scope"] != "GLOBAL" else "")
         if c["action"] == "SET_LIMIT":
             log = self.state.limits.setdefault((*scope, c["limit_name"]), TimeLog())

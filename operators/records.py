@@ -95,6 +95,8 @@ class Mark:
     """ln(close / previous close)."""
     ewma_var: float = math.nan
     """RiskMetrics EWMA variance of per-bar log returns (NaN while warming up)."""
+    part: tuple[str, int] | None = None
+    """Topic and partition of the ticks that closed the bar."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,10 @@ class TickBatch:
         topic, partition, offset, stamp = (int(x) for x in self.origin[i])
         return Source(self.topics[topic], partition, offset, stamp)
 
+    def partition(self) -> tuple[str, int]:
+        """Topic and partition of its first tick (an instrument's ticks share one)."""
+        return self.topics[int(self.origin[0][0])], int(self.origin[0][1])
+
 
 @dataclass(frozen=True, slots=True)
 class AutoControl:
@@ -207,4 +213,5 @@ class Progress:
 
 
 PROPOSAL = "TradeProposal"
+REFERENCE = "Instrument"
 """Record name of trade proposals, whose progress goes to the instrument step only."""

@@ -12,6 +12,7 @@ from operators.market import RegimeUpdate, VolForecast
 from operators.portfolio import ShardIn, all_shard_keys, shard_key
 from operators.records import (
     PROPOSAL,
+    REFERENCE,
     DeadLetterItem,
     Decided,
     Inbound,
@@ -48,7 +49,7 @@ def is_reference(item: Inbound | Progress | TickBatch) -> bool:
     Fills need the face value; replays close a covariance bar only once every instrument
     of the bar is known.
     """
-    return item.kind == "Instrument"
+    return item.kind == REFERENCE
 
 
 InstrumentIn = Inbound | TickBatch | Progress
@@ -69,12 +70,12 @@ def to_instruments(
 ) -> list[tuple[str, InstrumentIn]]:
     """Ticks, reference data and proposals to their instrument's shard.
 
-    Proposal progress goes to every instrument shard (other progress: shards only). One
-    function for all of them, so a proposal and the progress after it in its partition
-    reach an instrument shard in that order.
+    Proposal and reference-data progress go to every instrument shard (other progress:
+    portfolio shards only). One function for all of them, so a record and the progress
+    after it in its partition reach an instrument shard in that order.
     """
     if isinstance(item, Progress):
-        if item.kind != PROPOSAL:
+        if item.kind not in (PROPOSAL, REFERENCE):
             return []
         return [(key, item) for key in all_instrument_keys(shards)]
     iid = item.instrument_id if isinstance(item, TickBatch) else str(item.record["instrument_id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,6 +111,7 @@ def env_of(settings: Settings) -> dict[str, str]:
         ),
         RISKSTREAM_METRICS_PORT=str(settings.metrics_port),
         RISKSTREAM_TOPIC_PARTITIONS=str(settings.topic_partitions),
+        RISKSTREAM_MAX_WAIT_MS=str(settings.max_wait_ms),
         # the bootstrap compiled the kernels into the on-disk cache: a child's warm-up would
         # only cost time (the broker-outage test runs with it)
         RISKSTREAM_WARM_UP="false",
@@ -120,6 +122,13 @@ def env_of(settings: Settings) -> dict[str, str]:
 @pytest.fixture
 def live_flow(settings: Settings) -> Iterator[Any]:
     """``riskstream run`` in a child process, stopped with SIGINT after the test."""
+    with running_flow(settings) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def running_flow(settings: Settings) -> Iterator[Any]:
+    """``riskstream run`` in a child process, stopped with SIGINT at the end."""
     import signal
     import subprocess
     import sys

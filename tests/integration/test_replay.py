@@ -38,7 +38,7 @@ from export.manifest import ARTIFACTS
 from models.runtime import ArtifactError
 from operators.errors import ConfigError
 from tests.factories import KEY, SECOND, T0, control
-from tests.integration.conftest import consume, env_of, publish
+from tests.integration.conftest import consume, env_of, publish, running_flow
 
 CLI = [sys.executable, "-m", "dataflows.cli"]
 
@@ -343,20 +343,25 @@ def test_replay_when_paced_at_a_multiple_of_event_time_takes_that_long(settings)
 # --------------------------------------------------------------------------- live run
 
 
-def test_live_run_when_replayed_matches_but_for_decisions_the_live_run_marked_stale(
-    settings, live_flow, tmp_path
-):
+def test_live_run_when_replayed_gives_the_same_decisions_stale_flag_included(settings, tmp_path):
+    """A live run whose inputs arrive within its wait bound decides as a replay does.
+
+    The bound is 2 s here (250 ms by default), so that a loaded test host does not turn a
+    decision stale; the market ticks on 2 s after the last proposal, as a market does, so
+    no proposal waits for a bar close that never comes.
+    """
     started = time.time_ns()
-    time.sleep(3)  # the flow's start-up (it reads from the beginning anyway)
-    produced = cli(
-        settings, "produce", "--duration", "4", "--tick-rate", "500", "--proposal-rate", "30",
-        "--portfolios", "3", "--seed", "5",
-    )  # fmt: skip
-    assert produced.returncode == 0, produced.stderr
-    n = int(produced.stdout.split(" TradeProposal")[0].split()[-1])
-    consume(settings, "scores", "RiskScore", n, timeout=30)
-    live_flow.send_signal(signal.SIGINT)
-    live_flow.wait(15)
+    with running_flow(settings.model_copy(update={"max_wait_ms": 2000.0})) as live_flow:
+        time.sleep(3)  # the flow's start-up (it reads from the beginning anyway)
+        produced = cli(
+            settings, "produce", "--duration", "7", "--quiet-tail", "2", "--tick-rate", "500",
+            "--proposal-rate", "30", "--portfolios", "3", "--seed", "5",
+        )  # fmt: skip
+        assert produced.returncode == 0, produced.stderr
+        n = int(produced.stdout.split(" TradeProposal")[0].split()[-1])
+        consume(settings, "scores", "RiskScore", n, timeout=30)
+        live_flow.send_signal(signal.SIGINT)
+        live_flow.wait(15)
 
     replayed = cli(
         settings, "replay", "--from", iso(started), "--to", "now", "--out-topic", "rep.live",
@@ -376,14 +381,11 @@ def test_live_run_when_replayed_matches_but_for_decisions_the_live_run_marked_st
     assert report["compared"] == n
     assert report["counts"].keys() <= {"differs"}  # nothing missing, nothing repeated
     live = {r["proposal_id"]: r for r in read_topic(settings, settings.topics.name("scores"))}
-    stale = [m for m in report["mismatches"] if m["a_stale"]]
-    # Decisions the live run took without stale inputs are the replay's decisions, field
-    # for field: live proposals wait for the data of their bar as replays do
-    # (docs/ARCHITECTURE.md, "The bar of T, live as in replays").
-    assert [m for m in report["mismatches"] if not m["a_stale"]] == []
-    print(
-        f"live decisions {n}: {sum(r['stale'] for r in live.values())} stale in the live run;"
-        f" mismatches {report['mismatch_count']}, all {len(stale)} stale in the live run"
-    )
-    assert diffed.returncode == (0 if report["mismatch_count"] == 0 else 1)
-    assert "compared" in diffed.stdout
+    print(f"live decisions {n}: {sum(r['stale'] for r in live.values())} stale in the live run")
+    # live proposals wait for the data of their bar as replays do (docs/ARCHITECTURE.md,
+    # "The bar of T, live as in replays"): field for field, `stale` included
+    for m in report["mismatches"]:  # shown when the assertion below fails
+        print(m["proposal_id"], [(f["path"], f["a"], f["b"]) for f in m["fields"]][:6])
+    assert report["mismatches"] == []
+    assert diffed.returncode == 0
+    assert "0 mismatches" in diffed.stdout

@@ -170,7 +170,7 @@ def test_parse_when_partition_idle_live_reports_wall_clock_less_margin():
     [mark] = parse_batch(
         [SourceIdle("risk.control", 0, 1_000)], INPUT_KINDS, SingleObjectCodec(), cfg
     )
-    assert mark == Progress("ControlCommand", (("risk.control", 0, 993),))
+    assert mark == Progress("ControlCommand", (("risk.control", 0, 993),), idle=True)
 
 
 def test_parse_when_partition_idle_in_replay_ignores_the_clock_but_not_the_end():
@@ -178,7 +178,7 @@ def test_parse_when_partition_idle_in_replay_ignores_the_clock_but_not_the_end()
     codec = SingleObjectCodec()
     assert parse_batch([SourceIdle("risk.control", 0, 1_000)], INPUT_KINDS, codec, cfg) == []
     [mark] = parse_batch([SourceIdle("risk.control", 0, END_OF_TIME)], INPUT_KINDS, codec, cfg)
-    assert mark.parts == (("risk.control", 0, END_OF_TIME),)
+    assert (mark.parts, mark.idle) == ((("risk.control", 0, END_OF_TIME),), True)
 
 
 def test_parse_when_unfenced_topic_idle_emits_nothing():

@@ -414,11 +414,13 @@ def test_parse_batch_when_proposal_partition_idle_reports_idle_progress():
     assert replay == [Progress(PROPOSAL, ((TOPIC, 4, END_OF_TIME),), idle=True)]
 
 
-def test_to_instruments_broadcasts_proposal_progress_and_keys_the_rest_by_crc32():
+def test_to_instruments_broadcasts_proposal_and_reference_progress_and_keys_the_rest_by_crc32():
     keys = all_instrument_keys(16)
     item = progress(0, T0)
+    reference = Progress("Instrument", (("reference.instruments", 0, T0),))
 
     assert [k for k, _ in to_instruments(item, 16)] == keys
+    assert [k for k, _ in to_instruments(reference, 16)] == keys
     assert to_instruments(Progress("Execution", (("trades.executed", 0, T0),)), 16) == []
     assert to_instruments(ask(0, T0, "p"), 16) == [
         (instrument_shard_key("AAPL", 16), ask(0, T0, "p"))

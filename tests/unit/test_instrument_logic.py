@@ -12,11 +12,13 @@ import pytest
 from operators.config import EngineConfig
 from operators.instrument import TICK_HISTORY, InstrumentLogic, InstrumentState
 from operators.records import (
+    END_OF_TIME,
     DeadLetterItem,
     Inbound,
     Mark,
     MarketView,
     PricedProposal,
+    Progress,
     Source,
     StateWrite,
 )
@@ -132,6 +134,68 @@ def test_on_batch_when_reference_data_missing_waits_for_it():
     assert p.market.instrument["lot_size"] == 10.0
     assert (p.market.last, p.stale) == (100.0, False)
     assert any(isinstance(o, StateWrite) and o.key == "reference:AAPL" for o in out)
+
+
+REF_PARTS = (("reference.instruments", 0), ("reference.instruments", 1))
+
+
+def ref_progress(*through: int) -> Progress:
+    parts = zip(REF_PARTS, through, strict=False)  # the first len(through) partitions
+    return Progress("Instrument", tuple((*part, ts) for part, ts in parts))
+
+
+def test_on_batch_when_every_reference_partition_passed_answers_an_unknown_instrument():
+    lg = logic(reference_parts=REF_PARTS)
+    feed(lg, px(T0, 100.0))
+    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND)))
+
+    assert priced(feed(lg, ref_progress(T0 + 5 * SECOND))) == []  # one partition unknown
+    assert priced(feed(lg, ref_progress(T0 + 5 * SECOND, T0 + SECOND))) == []  # not past it
+    [p] = priced(feed(lg, ref_progress(T0 + 5 * SECOND, T0 + SECOND + 1)))
+
+    assert p.market.instrument is None
+    assert p.stale is False  # no reference record can still come: a complete answer
+
+
+def test_on_batch_when_reference_partitions_passed_an_unknown_instrument_answers_at_once():
+    lg = logic(reference_parts=REF_PARTS)
+    feed(lg, ref_progress(T0 + 5 * SECOND, T0 + 5 * SECOND))
+
+    [p] = priced(feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND))))
+
+    assert (p.market.instrument, p.stale) == (None, False)
+
+
+def test_on_batch_when_only_idle_markers_passed_keeps_an_unknown_instrument_waiting():
+    lg = logic(reference_parts=REF_PARTS[:1])
+    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND)))
+    idle = Progress("Instrument", ((*REF_PARTS[0], T0 + 5 * SECOND),), idle=True)
+
+    assert priced(feed(lg, idle)) == []  # wall clock says nothing of as-of times
+    end = Progress("Instrument", ((*REF_PARTS[0], END_OF_TIME),), idle=True)
+    [p] = priced(feed(lg, end))
+
+    assert (p.market.instrument, p.stale) == (None, False)
+
+
+def test_pending_when_reference_data_is_missing_waits_the_reference_wait_then_ticks_only():
+    lg = logic(max_wait_ns=250_000_000, reference_wait_ns=5 * SECOND)
+    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND), received_ns=T0))
+
+    assert lg.notify_at() == datetime.fromtimestamp((T0 + 5 * SECOND) / 1e9, tz=UTC)
+    feed(lg, inb("Instrument", instrument()))
+    assert lg.notify_at() == datetime.fromtimestamp((T0 + 250_000_000) / 1e9, tz=UTC)
+
+
+def test_on_batch_when_reference_comes_before_the_fence_passes_prices_with_it():
+    lg = logic(reference_parts=REF_PARTS[:1])
+    feed(lg, px(T0, 100.0), px(T0 + 2 * SECOND, 102.0))
+    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND)))
+
+    out = feed(lg, inb("Instrument", instrument()), ref_progress(T0 + 3 * SECOND))
+
+    [p] = priced(out)
+    assert p.market.instrument is not None and p.market.last == 100.0
 
 
 def test_on_batch_when_several_proposals_wait_releases_only_the_covered_ones():

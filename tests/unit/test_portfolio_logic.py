@@ -13,6 +13,7 @@ import pytest
 from operators.config import EngineConfig, Limits
 from operators.portfolio import Book, ShardLogic, ShardState, TimeLog, all_shard_keys, shard_key
 from operators.records import (
+    END_OF_TIME,
     DeadLetterItem,
     Decided,
     Inbound,
@@ -162,6 +163,14 @@ def test_timelog_as_of_when_inserted_in_any_order_picks_last_at_or_before(seed):
     assert log.as_of(T0 + SECOND) == "REDUCE_ONLY"
     assert log.as_of(T0 + 4 * SECOND) == "REDUCE_ONLY"
     assert log.as_of(T0 + 5 * SECOND) == "ACTIVE"
+
+
+def test_timelog_add_when_a_key_comes_again_keeps_one_entry():
+    log = TimeLog()
+    for _ in range(3):  # a redelivered command, or an automatic one read back
+        log.add(T0, "c1", "REDUCE_ONLY")
+
+    assert log.keys == [(T0, "c1")] and log.values == ["REDUCE_ONLY"]
 
 
 def test_timelog_as_of_when_tiebreak_is_any_string_includes_entries_at_ts():
@@ -319,6 +328,36 @@ def test_decide_when_fill_is_later_than_proposal_ignores_it():
 
     # as of T0+1s the book is flat: 10,000 x 100 = 10% of 10m
     assert record["decision"] == "APPROVE"
+
+
+def late_inputs(kind: str) -> float:
+    from operators.metrics import LATE_INPUTS
+
+    return LATE_INPUTS.labels(kind)._value.get()
+
+
+def test_fill_when_behind_a_decided_proposal_is_counted_and_logged_as_late(caplog):
+    lg = shard()
+    decided(feed(lg, ask(quantity=10.0, ts_event=T0 + 2 * SECOND)))
+    before = late_inputs("Execution")
+
+    feed(lg, fill(execution_id="E-LATE", ts_event=T0 + SECOND))
+
+    assert late_inputs("Execution") == before + 1
+    assert "late input: Execution E-LATE" in caplog.text
+
+
+def test_automatic_control_when_read_back_is_neither_late_nor_applied_twice():
+    lg = shard()
+    decided(feed(lg, ask(quantity=10.0, ts_event=T0 + 2 * SECOND)))
+    before = late_inputs("ControlCommand")
+    auto = cmd(action="REDUCE_ONLY", scope="PORTFOLIO", target="PF-1", ts_event=T0 + SECOND)
+    auto.record["issuer"] = "riskstream-auto"
+
+    feed(lg, auto, auto)
+
+    assert late_inputs("ControlCommand") == before
+    assert len(lg.state.states[("PORTFOLIO", "PF-1")].keys) == 1
 
 
 def test_decide_when_fill_precedes_proposal_counts_the_position():
@@ -554,3 +593,33 @@ def test_shard_when_portfolio_var_exceeds_its_limit_switches_it_to_reduce_only()
     [auto] = [o for o in out if isinstance(o, AutoControl)]
     expected = NormalDist().inv_cdf(0.95) * 8_000_000 * 0.02 * math.sqrt(0.94)
     assert f"VaR {expected:,.0f}" in auto.record["reason"]
+
+
+# --- covariance bars: which instruments a live shard waits for -----------------------------
+
+
+def marked_state(marks: dict[str, tuple[int, tuple[str, int]]]) -> ShardState:
+    """A shard state with reference data and bar marks: id -> (seconds of marks, partition)."""
+    st = ShardState()
+    for iid, (seconds, part) in marks.items():
+        st.references[iid] = instrument(instrument_id=iid)
+        for s in range(1, seconds + 1):
+            st.add_mark(Mark(iid, T0 + s * SECOND, 100.0 + s, 0.01, part=part))
+    return st
+
+
+def test_close_bars_when_a_partition_is_read_far_behind_waits_for_its_instruments():
+    # after a restart, partition 1 caught up to 60 s while partition 0 is still at 10 s
+    st = marked_state({"A": (60, ("ticks", 1)), "B": (10, ("ticks", 0))})
+
+    st.close_bars(END_OF_TIME, quiet_ns=30 * SECOND)
+
+    assert st.model_through == T0 + 10 * SECOND  # not past what B has marked
+
+
+def test_close_bars_when_an_instrument_is_quiet_within_its_partition_stops_waiting_for_it():
+    st = marked_state({"A": (60, ("ticks", 0)), "B": (10, ("ticks", 0))})
+
+    st.close_bars(END_OF_TIME, quiet_ns=30 * SECOND)
+
+    assert st.model_through == T0 + 60 * SECOND
