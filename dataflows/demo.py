@@ -32,6 +32,8 @@ from dataflows.settings import Settings
 from operators.errors import InfrastructureError
 
 SUMMARY_EVERY_S = 10.0
+REPLAY_TAIL_S = 2.0
+"""``--verify-replay``: seconds the market ticks on after the last proposal."""
 
 
 @contextlib.contextmanager
@@ -153,7 +155,7 @@ class Fills(threading.Thread):
                 order |= {"ts_event": ts, "limit_price": None}
                 fill = self.sim.fill(order, quantity=r["allowed_quantity"])
                 pub.send("executions", "Execution", fill, fill["portfolio_id"])
-        pub.flush()
+                pub.flush()  # at once: a fill stamped now must not reach the broker late
 
 
 class KillSwitchDrill(threading.Thread):
@@ -194,16 +196,18 @@ class DeadLetterCounter(threading.Thread):
 
 
 class Producer(threading.Thread):
-    """The simulated market and order flow."""
+    """The simulated market and order flow (``tail_s``: see :func:`produce`)."""
 
-    def __init__(self, settings: Settings, opts: ProduceOptions, stop: threading.Event) -> None:
+    def __init__(
+        self, settings: Settings, opts: ProduceOptions, stop: threading.Event, tail_s: float = 0.0
+    ) -> None:
         super().__init__(name="producer", daemon=True)
-        self.settings, self.opts, self.stop_event = settings, opts, stop
+        self.settings, self.opts, self.stop_event, self.tail_s = settings, opts, stop, tail_s
         self.counts: dict[str, int] = {}
 
     def run(self) -> None:
         pub = Publisher(self.settings, codec_for(self.settings))
-        self.counts = produce(self.settings, pub, self.opts, self.stop_event)
+        self.counts = produce(self.settings, pub, self.opts, self.stop_event, self.tail_s)
 
 
 def show_decisions(
@@ -247,6 +251,55 @@ def scrape_drift(port: int) -> str:
         return "drift: metrics unavailable"
 
 
+def drain(settings: Settings, quiet_s: float = 1.5, timeout_s: float = 30.0) -> int:
+    """Wait until the live decisions stop coming (every published proposal answered)."""
+    from dataflows.diff import read_topic
+
+    topic = settings.topics.name("scores")
+    count, since = -1, time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() < deadline:
+        now = len(read_topic(settings, topic))
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.25)
+    return count
+
+
+def verify_replay(settings: Settings, from_ns: int) -> bool:
+    """Replay what the demo published and compare it with the live decisions."""
+    import tempfile
+    from pathlib import Path
+
+    from dataflows.diff import compare, print_report, read_file, read_topic
+    from dataflows.replay import ReplayOptions, run_replay
+
+    with tempfile.TemporaryDirectory(prefix="riskstream-demo-") as tmp:
+        out = Path(tmp) / "replay.avro"
+        opts = ReplayOptions(
+            from_ns=from_ns, to_ns=now_ns(), out_file=out, no_redis=True, progress="never"
+        )
+        summary = run_replay(settings, opts)
+        events, decided = summary.text().splitlines()[1:3]
+        print(f"replayed the demo's input: {events.strip()}; {decided.strip()}")
+        report = compare(
+            read_topic(settings, settings.topics.name("scores")),
+            read_file(str(out)),
+            a_name="live decisions",
+            b_name="replay",
+        )
+    print_report(report, sys.stdout, max_shown=10)
+    stale = sum(m.a_stale for m in report.mismatches)
+    if stale and stale == len(report.mismatches):
+        print(
+            f"all {stale} are decisions the live run marked stale: decided at"
+            " RISKSTREAM_MAX_WAIT_MS without all their data, which the replay waited for"
+        )
+    return report.ok
+
+
 def summary_line(seen: Counter[str], latencies: list[float], dead: Counter[str]) -> str:
     """Counts by decision, dead letters by reason, and the last interval's in-flow latency."""
     lat = sorted(latencies)
@@ -283,8 +336,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             stop_flow(flow)
             raise
         print("pre-trade flow ready (warmed up, reading); publishing the simulated market")
+        published_from = now_ns()
         dead = DeadLetterCounter(live, stop)
-        threads = [Producer(live, opts, stop), Fills(live, args.seed, stop), dead]
+        producer = Producer(live, opts, stop, REPLAY_TAIL_S if args.verify_replay else 0.0)
+        threads = [producer, Fills(live, args.seed, stop), dead]
         if args.halt_at > 0:
             threads.append(KillSwitchDrill(live, stop, args.halt_at, args.halt_for))
         for t in threads:
@@ -299,15 +354,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print("\nstopping ...", flush=True)
         finally:
             stop.set()
+            if args.verify_replay:  # the market ticks on without proposals, then all answered
+                producer.join(REPLAY_TAIL_S + 5)
+                drain(live)
             stop_flow(flow)
             for t in threads:
                 t.join(5)
         total = sum(seen.values())
-        print(
-            f"demo finished: {total} decisions ({dict(seen)}), dead letters {dict(dead.counts)};"
-            " stopped everything it started."
-        )
-    return 0
+        letters = dict(dead.counts)
+        print(f"demo finished: {total} decisions shown ({dict(seen)}), dead letters {letters}")
+        same = verify_replay(live, published_from) if args.verify_replay else True
+        print("stopped everything it started.")
+    return 0 if same else 1
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -321,4 +379,10 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--halt-at", type=float, default=20.0, help="kill-switch drill after S (0: off)")
     p.add_argument("--halt-for", type=float, default=5.0, help="seconds the drill halts for")
     p.add_argument("--bad-every", type=int, default=200, help="every N-th proposal malformed")
+    p.add_argument(
+        "--verify-replay",
+        action="store_true",
+        help="at the end, replay what was published and diff it with the live decisions"
+        " (exit 1 on any mismatch)",
+    )
     p.set_defaults(func=cmd_demo)

@@ -117,9 +117,17 @@ def real_events(opts: ProduceOptions) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def produce(
-    settings: Settings, publisher: Publisher, opts: ProduceOptions, stop: threading.Event
+    settings: Settings,
+    publisher: Publisher,
+    opts: ProduceOptions,
+    stop: threading.Event,
+    tail_s: float = 0.0,
 ) -> dict[str, int]:
-    """Publish the chosen events until they end or ``stop`` is set; counts by kind."""
+    """Publish the chosen events until they end or ``stop`` is set; counts by kind.
+
+    ``tail_s`` > 0: once ``stop`` is set, the market goes on that many seconds without
+    proposals, so that every proposal gets the ticks that close its bars.
+    """
     if opts.source == "sim":
         start = now_ns()
         events = simulated_events(opts, start)
@@ -130,13 +138,22 @@ def produce(
     paced = opts.realtime and opts.source == "sim"
     counts: dict[str, int] = {}
     wall0, proposals = time.monotonic(), 0
+    ends: float | None = None
     for kind, rec in events:
         if stop.is_set():
-            break
+            if ends is None:
+                ends = time.monotonic() + tail_s
+            if time.monotonic() >= ends:
+                break
+            if kind == "TradeProposal":
+                continue
         if paced:
             ahead = (rec["ts_event"] - start) / NS - (time.monotonic() - wall0)
-            if ahead > 0.002 and stop.wait(ahead):
-                break
+            if ahead > 0.002:
+                if tail_s:  # events are ms apart: ``stop`` is seen at the next one
+                    time.sleep(ahead)
+                elif stop.wait(ahead):
+                    break
         if kind == "TradeProposal":
             proposals += 1
             if opts.bad_every and proposals % opts.bad_every == 0:

@@ -31,6 +31,7 @@ from dataflows.producer import KEY_FIELD, ROLE, ProduceOptions, now_ns, simulate
 from dataflows.redis_sink import is_marker
 from dataflows.settings import Settings
 from operators.config import NS
+from schemas.codec import Codec
 from tests.integration.conftest import broker, env_of, redis_server, settings
 
 __all__ = ["broker", "redis_server", "settings"]
@@ -241,9 +242,9 @@ def decode_scores(settings: Settings, records: list[Received]) -> list[dict[str,
     return [codec.decode("RiskScore", r.value) for r in records]
 
 
-def without_wall_clock(settings: Settings, score: dict[str, Any]) -> bytes:
+def without_wall_clock(codec: Codec, score: dict[str, Any]) -> bytes:
     """The Avro bytes of ``score`` with ``ts_decided`` and ``latency_us`` zeroed."""
-    return codec_for(settings).encode("RiskScore", score | {"ts_decided": 0, "latency_us": 0.0})
+    return codec.encode("RiskScore", score | {"ts_decided": 0, "latency_us": 0.0})
 
 
 def redis_state(settings: Settings, prefix: str | None = None) -> dict[str, dict[str, str]]:

@@ -77,7 +77,10 @@ class Plan:
 
 
 SMALL = Plan(proposal_rate=60.0, tick_rate=500.0, kills=5, min_proposals=1_000)
-LARGE = Plan(proposal_rate=250.0, tick_rate=2000.0, kills=8, min_proposals=20_000)
+LARGE = Plan(proposal_rate=100.0, tick_rate=1000.0, kills=8, min_proposals=20_000)
+"""At 250 proposals/s and 2,000 ticks/s two flows (crash run and reference) fell more than
+the 60 s wait behind on a 2-core host: most decisions were stale, so the run measured
+overload rather than recovery."""
 LIVE_ENV = {"RISKSTREAM_MAX_WAIT_MS": "60000", "RISKSTREAM_IDLE_MARGIN_MS": "1000"}
 
 
@@ -214,7 +217,7 @@ def compare(
         for again in values[1:]:
             duplicates += 1
             raw_identical += again == values[0]
-            if without_wall_clock(settings, records[again]) != without_wall_clock(settings, first):
+            if without_wall_clock(codec, records[again]) != without_wall_clock(codec, first):
                 differing[pid] = fields_differing(first, records[again])
                 if not (first["stale"] or records[again]["stale"]):
                     unflagged[pid] = differing[pid]
@@ -370,6 +373,7 @@ def test_kill9_when_repeated_decides_as_an_uninterrupted_run(crash: Outcome) -> 
 
 @pytest.mark.slow
 @pytest.mark.fault_large
+@pytest.mark.timeout(3600)
 def test_kill9_when_repeated_over_20000_proposals_answers_all_and_matches(settings, tmp_path):
     from bench.common import write_results
 
@@ -386,6 +390,7 @@ def test_kill9_when_repeated_over_20000_proposals_answers_all_and_matches(settin
             ("differing, neither stale", str(len(outcome.unflagged))),
             ("kill to next decision, max", f"{max(outcome.resume_s):.1f} s"),
             ("Redis keys", f"{outcome.redis_keys} ({len(outcome.redis_diff)} differ)"),
+            ("decisions unlike the uninterrupted run's", f"{len(outcome.reference_diff):,}"),
         ],
     )
     report(outcome)
