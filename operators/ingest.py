@@ -73,8 +73,8 @@ def parse_batch(
 
     Ticks come out as one columnar ``TickBatch`` per instrument. For fenced topics
     (control, executions, reference data), the batch ends with one ``Progress`` per
-    partition it touched: from the data's event times and, apart (``idle=True``), from
-    idle markers (live: wall clock minus a margin; bounded reads: the end).
+    partition it touched: from the data's event times or a bounded read's end and, apart
+    (``idle=True``), from live idle markers (wall clock minus a margin).
 
     Proposal partitions get a lane of their own (``Progress(PROPOSAL, ...)``, for the
     instrument step only): at the end of the batch, from the proposals' event times minus
@@ -94,8 +94,8 @@ def parse_batch(
             kind = kinds.get(block.topic)
             if kind == PROPOSAL:
                 _idle_progress(block, config, proposals_idle)
-            elif kind in config.fence_kinds:
-                _idle_progress(block, config, fenced_idle)
+            elif kind in config.fence_kinds:  # the end is data, the wall clock is not
+                _idle_progress(block, config, progress if block.ts == END_OF_TIME else fenced_idle)
             continue
         metrics.MESSAGES.labels(block.topic).inc(len(block))
         kind = kinds.get(block.topic)

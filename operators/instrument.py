@@ -304,8 +304,6 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
         else:
             return False
         for topic, partition, ts in item.parts:
-            if item.kind == REFERENCE and item.idle and ts != END_OF_TIME:
-                continue  # wall clock: reference records carry as-of times older than that
             part = (topic, partition)
             seen[part] = max(seen.get(part, ts), ts)
         if item.kind == REFERENCE:

@@ -70,12 +70,14 @@ def to_instruments(
 ) -> list[tuple[str, InstrumentIn]]:
     """Ticks, reference data and proposals to their instrument's shard.
 
-    Proposal and reference-data progress go to every instrument shard (other progress:
-    portfolio shards only). One function for all of them, so a record and the progress
-    after it in its partition reach an instrument shard in that order.
+    Proposal progress and reference-data progress from records go to every instrument
+    shard (other progress: portfolio shards only; reference records carry as-of times
+    older than their publication, so wall-clock idle progress says nothing of them). One
+    function for all of them, so a record and the progress after it in its partition
+    reach an instrument shard in that order.
     """
     if isinstance(item, Progress):
-        if item.kind not in (PROPOSAL, REFERENCE):
+        if item.kind != PROPOSAL and (item.kind != REFERENCE or item.idle):
             return []
         return [(key, item) for key in all_instrument_keys(shards)]
     iid = item.instrument_id if isinstance(item, TickBatch) else str(item.record["instrument_id"])

@@ -178,7 +178,7 @@ def test_parse_when_partition_idle_in_replay_ignores_the_clock_but_not_the_end()
     codec = SingleObjectCodec()
     assert parse_batch([SourceIdle("risk.control", 0, 1_000)], INPUT_KINDS, codec, cfg) == []
     [mark] = parse_batch([SourceIdle("risk.control", 0, END_OF_TIME)], INPUT_KINDS, codec, cfg)
-    assert (mark.parts, mark.idle) == ((("risk.control", 0, END_OF_TIME),), True)
+    assert (mark.parts, mark.idle) == ((("risk.control", 0, END_OF_TIME),), False)  # data
 
 
 def test_parse_when_unfenced_topic_idle_emits_nothing():

@@ -22,6 +22,7 @@ from operators.records import (
     Source,
     StateWrite,
 )
+from operators.routing import to_instruments
 from tests.factories import SECOND, T0, instrument, proposal, tick
 
 TOPICS = {
@@ -166,14 +167,17 @@ def test_on_batch_when_reference_partitions_passed_an_unknown_instrument_answers
     assert (p.market.instrument, p.stale) == (None, False)
 
 
-def test_on_batch_when_only_idle_markers_passed_keeps_an_unknown_instrument_waiting():
-    lg = logic(reference_parts=REF_PARTS[:1])
-    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND)))
+def test_reference_progress_from_idle_markers_never_reaches_the_instrument_shards():
     idle = Progress("Instrument", ((*REF_PARTS[0], T0 + 5 * SECOND),), idle=True)
 
-    assert priced(feed(lg, idle)) == []  # wall clock says nothing of as-of times
-    end = Progress("Instrument", ((*REF_PARTS[0], END_OF_TIME),), idle=True)
-    [p] = priced(feed(lg, end))
+    assert to_instruments(idle, 16) == []  # wall clock says nothing of as-of times
+
+
+def test_on_batch_when_a_bounded_reference_read_ends_answers_an_unknown_instrument():
+    lg = logic(reference_parts=REF_PARTS[:1])
+    feed(lg, inb("TradeProposal", proposal(ts_event=T0 + SECOND)))
+
+    [p] = priced(feed(lg, Progress("Instrument", ((*REF_PARTS[0], END_OF_TIME),))))
 
     assert (p.market.instrument, p.stale) == (None, False)
 
