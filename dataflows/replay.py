@@ -929,7 +929,7 @@ def replay_flow(
         consumer_config(settings),
         list(plan.kinds),
         tail=False,
-        batch_size=settings.batch_size,
+        batch_size=settings.replay_batch_size,
         start_offsets={(r.topic, r.partition): r.start for r in plan.ranges},
         end_offsets={(r.topic, r.partition): r.end for r in plan.ranges},
     )

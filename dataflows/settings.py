@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds (0.0.0.0 in containers)."""
     batch_size: int = Field(1000, ge=1)
+    replay_batch_size: int = Field(10_000, ge=1)
+    """Messages per partition poll in replays: a replay keeps no latency objective, and
+    bigger batches mean fewer calls into every step (about 1.3x the events/s of 1000)."""
     fetch_wait_max_ms: int = Field(20, ge=2)
     idle_margin_ms: float | None = Field(None, ge=0)
     """Live: a caught-up partition counts as progressed to its last poll minus this. Unset:

@@ -13,10 +13,13 @@ from tests.integration.conftest import consume, publish
 WALL_CLOCK = ("ts_decided", "latency_us")
 
 
-def replay(settings, scores_topic: str, workers: int = 1) -> list[bytes]:
+def replay(settings, scores_topic: str, workers: int = 1, batch_size: int = 1000) -> list[bytes]:
     """Run the flow over everything on the input topics into ``scores_topic``."""
     out = settings.model_copy(
-        update={"topics": settings.topics.model_copy(update={"scores": scores_topic})}
+        update={
+            "topics": settings.topics.model_copy(update={"scores": scores_topic}),
+            "batch_size": batch_size,
+        }
     )
     cli_main(kafka_flow(out, tail=False, wait_for_data=True), workers_per_process=workers)
     records = consume(out, "scores", "RiskScore", EXPECTED[settings.topics.prefix])
@@ -44,7 +47,7 @@ def mismatches(a: list[bytes], b: list[bytes]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def test_replays_when_repeated_and_on_two_workers_are_byte_identical(settings):
+def test_replays_when_repeated_on_two_workers_or_in_other_batches_are_byte_identical(settings):
     opts = ProduceOptions(tick_rate=500, proposal_rate=40, portfolios=3, seed=11, duration_s=6)
     events = list(simulated_events(opts, T0))
     cmds = [
@@ -59,10 +62,12 @@ def test_replays_when_repeated_and_on_two_workers_are_byte_identical(settings):
     first = replay(settings, "scores.a")
     second = replay(settings, "scores.b")
     two_workers = replay(settings, "scores.c", workers=2)
+    small_batches = replay(settings, "scores.d", batch_size=7)  # other poll boundaries
 
     assert mismatches(first, second) == []
     assert mismatches(first, two_workers) == []
-    assert first == second == two_workers
+    assert mismatches(first, small_batches) == []
+    assert first == second == two_workers == small_batches
     decisions = {r for r in first}
     assert len(decisions) == n
 
