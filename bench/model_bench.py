@@ -24,8 +24,9 @@ a simulator path):
     speed-ups are eager / ONNX Runtime with this engine as eager.
 ``pytorch_eager_lean`` (regime_tft only)
     :class:`export.regime.LeanRegimeTFT`, the module the regime artifact is exported from
-    (same weights and function, stacked variable GRNs, constants precomputed), in eager
-    mode: it shows how much of the ONNX Runtime speed-up is the leaner graph itself.
+    (same weights and function, linear maps composed, feature GRNs stacked in closed form,
+    constants precomputed), in eager mode: it shows how much of the ONNX Runtime speed-up
+    is the leaner graph itself.
 
 Engines are timed round-robin (one call of each in turn, the order rotating every
 round), so the load of a shared machine and the cold caches after a PyTorch call fall on

@@ -11,20 +11,27 @@ probability difference reaches :data:`PARITY_TOLERANCE`, and writes the artifact
 ``ArtifactEntry`` (sha256, tensor specs, metrics, scaling) to ``models/artifacts``.
 
 :class:`LeanRegimeTFT` computes the same function as pytorch-forecasting's forward with
-the same weights in far fewer ONNX nodes (246 with the 22 inputs and the persistence
-prior; 219 instead of 1538 measured with the earlier 15 inputs, after ONNX Runtime's
-optimisations 146 instead of 918), and per-node overhead is what batch-1 latency is made
-of. The 16 per-variable prescalers and GRNs of the time index and the 15 features run as
-one stacked batched MatMul chain instead of 16 small graphs; the 7 label channels only
-take the values 0..3, so their GRN outputs are a (7 x 4, 64) table computed at export
-and gathered (exact: the same function, 15 % less batch-1 time than running their
-GRNs); what does not depend on the input (static contexts, initial LSTM state, the
-decoder step's embedding, the attention mask) is computed once at export and stored
-as constants; the four attention heads run as one batched product over the 32 encoder
-steps (the decoder step's causal mask hides itself exactly), averaging the heads'
-weights before the shared value projection. At batch 64, where arithmetic rather than
-node count dominates, it is as fast as the per-variable graph (the same session options,
-timed in turns on one core: 66.9 vs 67.9 ms p50); at batch 1 it takes half the time.
+the same weights in far fewer ONNX nodes and operations; batch-1 latency is made of
+per-node overhead and of the 15 feature GRNs over 32 steps. Every linear map that can
+be composed at export is composed (in float64): the prescalers with the variable
+selection's flattened GRN (a (23, 46) map instead of a (736, 23) layer and a (736, 23)
+resampling), each GRN's ``fc2`` with its gate, the attention's value projection,
+``w_h`` and the next gate, and the query and key projections (each head's score of
+step ``t`` is ``k_t`` times a vector of the query; terms equal for all ``t`` cancel in
+the softmax). Each feature GRN is a function of one scalar ``x``: its first layer and
+its skip path are affine in ``x``, and the skip's LayerNorm has a closed form (its mean
+and variance are linear and quadratic in ``x``), so both come out of one small product
+of ``[x, x r, r, 1]``; ``elu`` runs as ``relu(z) + exp(min(z, 0))`` (ONNX Runtime's Elu
+kernel is four times slower), its ``- 1`` and the second layer's bias folded into that
+layer. Variables with few values are tables computed by the TFT's own modules: the time
+index (one value per step) and the 7 label channels (values 0..3, gathered); what does
+not depend on the input (static contexts, initial LSTM state, the decoder step's
+embedding, the attention mask) is computed once. Rows run time-major, the LSTM's
+layout, so no transposes surround it, and only the decoder step goes through the layers
+after the attention. Served at batch 1, ONNX Runtime runs 109 nodes instead of 146 of
+the previous export form (which ran the 16 feature and time GRNs on the prescaled
+embeddings as a stacked chain); see ``bench/results/model_inference.md`` for the
+timings.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,178 +98,367 @@ class LeanRegimeTFT(nn.Module):
     step with ``relative_time_idx`` 0, no static or categorical variables, plus
     :class:`~models.regime_tft.RegimeTFT`'s persistence prior: the log transition row of
     the last bar's pending label added to the logits scaled by ``correction_scale``),
-    built from the TFT's own weights and submodules: per-variable encoder GRNs stacked
-    into batched matrices, input-independent parts precomputed as buffers, attention
-    heads batched.
+    rebuilt from the TFT's weights with every linear map that can be composed at export
+    composed (in float64, stored as float32): see the module docstring. Rows run in
+    time-major order (``t * B + b``), the LSTM's own layout, so no transposes are needed
+    around it.
     """
 
     def __init__(self, tft: TemporalFusionTransformer) -> None:
         super().__init__()
-        self.tft = tft
+        _check_supported(tft)
         vsn = tft.encoder_variable_selection
         names = list(vsn.input_sizes)
-        steps, hidden = ENCODER_LENGTH, int(tft.hparams.hidden_size)
-        if (
-            tft.static_variables
-            or tft.hparams.x_categoricals
-            or names != list(tft.hparams.x_reals)
-            or names[0] != "relative_time_idx"
-            or tft.decoder_variables != ["relative_time_idx"]
-            or set(vsn.prescalers) != set(names)
-            or names[1:] != list(INPUT_CHANNELS)
-            or not hasattr(tft, "log_transition")
-            or not hasattr(tft, "correction_scale")
-        ):
-            raise ExportShapeError(f"{MODEL_NAME}: unexpected TFT variables {names}")
-        grns = [vsn.single_variable_grns[n] for n in names]
-        scalers = [vsn.prescalers[n] for n in names]
+        self.steps, self.hidden = ENCODER_LENGTH, int(tft.hparams.hidden_size)
+        self.n_vars, self.n_cont = len(names), len(MARKET_FEATURES)
+        self.label_lo, self.n_head = len(MARKET_FEATURES), int(tft.multihead_attn.n_head)
+        self.width = int(vsn.single_variable_grns[names[1]].fc1.out_features)
+        self.vs_hidden = int(vsn.flattened_grn.fc1.out_features)
+        self.eps: dict[str, float] = {}
         with torch.no_grad():
-            static = torch.zeros(1, hidden)
-            ctx_vs = tft.static_context_variable_selection(static)
-            layers = int(tft.hparams.lstm_layers)
-            h0 = tft.static_context_initial_hidden_lstm(static).expand(layers, 1, hidden)
-            c0 = tft.static_context_initial_cell_lstm(static).expand(layers, 1, hidden)
-            dec, _ = tft.decoder_variable_selection(
-                {"relative_time_idx": torch.zeros(1, 1, 1)}, ctx_vs.unsqueeze(1)
-            )
-            mask = tft.get_attention_mask(
-                encoder_lengths=torch.tensor([steps]), decoder_lengths=torch.tensor([1])
-            )
-            hides_decoder_only = torch.zeros(1, 1, steps + 1, dtype=torch.bool)
-            hides_decoder_only[..., steps:] = True
-            if not torch.equal(mask, hides_decoder_only):
-                raise ExportShapeError(f"{MODEL_NAME}: attention mask {mask.tolist()}")
-            mha = tft.multihead_attn
-            width = scalers[0].out_features
-            eye = torch.eye(width)
-            buffers: dict[str, torch.Tensor] = {
-                "rel": (torch.arange(-steps, 0, dtype=torch.float32) / steps).view(1, steps, 1),
-                "ctx_vs": ctx_vs,
-                "ctx_enrich": tft.static_context_enrichment(static).unsqueeze(1),
-                "h0": h0,
-                "c0": c0,
-                "dec_emb": dec,
-                # stacked encoder variable GRNs, (V, in, out) weights and (V, 1, out) biases
-                "wp": _stack(s.weight[:, 0] for s in scalers).unsqueeze(1),
-                "bp": _stack(s.bias for s in scalers).unsqueeze(1),
-                "w1": _stack(g.fc1.weight.T for g in grns),
-                "b1": _stack(g.fc1.bias for g in grns).unsqueeze(1),
-                "w2": _stack(g.fc2.weight.T for g in grns),
-                "b2": _stack(g.fc2.bias for g in grns).unsqueeze(1),
-                "wg": _stack(g.gate_norm.glu.fc.weight.T for g in grns),
-                "bg": _stack(g.gate_norm.glu.fc.bias for g in grns).unsqueeze(1),
-                "wr": _stack(
-                    g.resample_norm.resample(eye) * torch.sigmoid(g.resample_norm.mask) * 2.0
-                    for g in grns
-                ),
-                "rn_w": _stack(g.resample_norm.norm.weight for g in grns).unsqueeze(1),
-                "rn_b": _stack(g.resample_norm.norm.bias for g in grns).unsqueeze(1),
-                "an_w": _stack(g.gate_norm.add_norm.norm.weight for g in grns).unsqueeze(1),
-                "an_b": _stack(g.gate_norm.add_norm.norm.bias for g in grns).unsqueeze(1),
-                # the heads' query and key projections side by side
-                "wq": torch.cat([q.weight for q in mha.q_layers]).T,
-                "bq": torch.cat([q.bias for q in mha.q_layers]),
-                "wk": torch.cat([k.weight for k in mha.k_layers]).T,
-                "bk": torch.cat([k.bias for k in mha.k_layers]),
-                "log_transition": tft.log_transition.detach().to(torch.float32),
-                # the output layer with RegimeTFT's correction scale folded in
-                "w_out": (tft.output_layer.weight * tft.correction_scale).T,
-                "b_out": tft.output_layer.bias * tft.correction_scale,
+            consts = {
+                **self._selection_consts(tft),
+                **self._variable_consts(tft),
+                **self._table_consts(tft),
+                **self._temporal_consts(tft),
+                **self._attention_consts(tft),
             }
-        for name, value in buffers.items():
-            self.register_buffer(name, value.detach().clone().contiguous())
-        self.n_vars, self.width, self.steps, self.hidden = len(names), width, steps, hidden
-        self.label_lo = len(MARKET_FEATURES)
-        self.eps = float(grns[0].resample_norm.norm.eps)
-        with torch.no_grad():
-            table = self._label_table()
-        offsets = torch.arange(N_CLASSES, dtype=torch.int64) * N_LABEL_VALUES
-        self.register_buffer("label_table", table.detach().clone().contiguous())
-        self.register_buffer("label_offsets", offsets)
-        self.n_head, self.d_k = int(mha.n_head), int(mha.d_k)
+            self.lstm_encoder = _plain_lstm(tft.lstm_encoder)
+            self.lstm_decoder = _plain_lstm(tft.lstm_decoder)
+        for name, value in consts.items():
+            self.register_buffer(name, value.detach().to(torch.float32).contiguous())
+        self.register_buffer("label_offsets", torch.arange(N_CLASSES).view(-1, 1) * N_LABEL_VALUES)
+
+    def _norm(self, key: str, norm: nn.LayerNorm) -> dict[str, torch.Tensor]:
+        self.eps[key] = float(norm.eps)
+        return {f"{key}_ln_g": _f64(norm.weight), f"{key}_ln_b": _f64(norm.bias)}
+
+    def _selection_consts(self, tft: TemporalFusionTransformer) -> dict[str, torch.Tensor]:
+        """The flattened GRN (variable weights) composed with the prescalers: a (V, 2V) map."""
+        vsn, hidden = tft.encoder_variable_selection, self.hidden
+        fg = vsn.flattened_grn
+        ctx = tft.static_context_variable_selection(torch.zeros(1, hidden))
+        wp, bp = _prescalers(vsn)  # (V, width) each
+        fc1 = _blocks(_f64(fg.fc1.weight).T, self.n_vars)  # (V, width, hidden_vs)
+        res = _blocks(_resample(fg.resample_norm, fc1.shape[0] * fc1.shape[1]), self.n_vars)
+        weight = torch.cat([_fold_rows(wp, fc1), _fold_rows(wp, res)], dim=-1)
+        bias = torch.cat(
+            [
+                _fold_rows(bp, fc1).sum(0) + _f64(fg.fc1.bias) + _f64(fg.context(ctx)[0]),
+                _fold_rows(bp, res).sum(0),
+            ]
+        )
+        glu_w, glu_b = _fc2_glu(fg)
+        rel = torch.arange(-self.steps, 0, dtype=torch.float64) / self.steps
+        return {
+            "rel": rel.view(-1, 1, 1),
+            "vs_w": weight,
+            "vs_b": bias,
+            "vs_glu_w": glu_w,
+            "vs_glu_b": glu_b,
+            **self._norm("vs_rn", fg.resample_norm.norm),
+            **self._norm("vs_an", fg.gate_norm.add_norm.norm),
+        }
+
+    def _variable_consts(self, tft: TemporalFusionTransformer) -> dict[str, torch.Tensor]:
+        """The 15 feature GRNs, stacked, each a function of one scalar ``x``.
+
+        Prescaler, ``fc1`` and the skip path's resampling are affine in ``x``: ``fc1`` is
+        ``x a1 + c1``, the skip ``s = x a + c`` with ``LayerNorm(s) = (x a' + c') r``
+        (``a'``, ``c'`` centred, ``r = 1 / sqrt(x^2 Var a + 2 x Cov(a, c) + Var c + eps)``).
+        Both come out of one product of ``[x, x r, r, 1]`` with a (4, width + 1 + H)
+        matrix; its extra first-layer column is 0, where ``elu(z) + 1`` is 1 and carries
+        the second layer's bias (``fc2`` and the gate composed; the ``+ 1`` compensated).
+        """
+        vsn = tft.encoder_variable_selection
+        names = list(vsn.input_sizes)[1 : 1 + self.n_cont]
+        grns = [vsn.single_variable_grns[n] for n in names]
+        wp, bp = _prescalers(vsn)
+        wp, bp = wp[1 : 1 + self.n_cont], bp[1 : 1 + self.n_cont]
+        first = torch.stack([_f64(g.fc1.weight).T for g in grns])  # (F, width, width)
+        res = torch.stack([_resample(g.resample_norm, self.width) for g in grns])  # (F, w, H)
+        a1 = _fold_rows(wp, first)
+        c1 = _fold_rows(bp, first) + torch.stack([_f64(g.fc1.bias) for g in grns])
+        a, c = _fold_rows(wp, res), _fold_rows(bp, res)
+        a, c = a - a.mean(-1, keepdim=True), c - c.mean(-1, keepdim=True)
+        eps = torch.tensor([float(g.resample_norm.norm.eps) for g in grns], dtype=torch.float64)
+        gain = torch.stack([_f64(g.resample_norm.norm.weight) for g in grns])
+        shift = torch.stack([_f64(g.resample_norm.norm.bias) for g in grns])
+        zeros, zero = torch.zeros_like(a1), torch.zeros(len(grns), 1, dtype=torch.float64)
+        rows = [
+            torch.cat([a1, zero, torch.zeros_like(a)], -1),  # x
+            torch.cat([zeros, zero, a * gain], -1),  # x r
+            torch.cat([zeros, zero, c * gain], -1),  # r
+            torch.cat([c1, zero, shift], -1),  # 1
+        ]
+        glus = [_fc2_glu(g) for g in grns]
+        second = [torch.cat([w, (b - w.sum(0)).unsqueeze(0)]) for w, b in glus]
+        self.eps["var"] = float(grns[0].gate_norm.add_norm.norm.eps)
+
+        def per_var(value: torch.Tensor) -> torch.Tensor:
+            return value.view(-1, 1, 1)
+
+        def stacked(get: Any) -> torch.Tensor:
+            return torch.stack([_f64(get(g)) for g in grns]).unsqueeze(1)
+
+        return {
+            "var_qa": per_var((a * a).mean(-1)),
+            "var_qb": per_var(2.0 * (a * c).mean(-1)),
+            "var_qc": per_var((c * c).mean(-1) + eps),
+            "var_in": torch.stack(rows, dim=1),
+            "var_glu_w": torch.stack(second),
+            "var_an_g": stacked(lambda g: g.gate_norm.add_norm.norm.weight),
+            "var_an_b": stacked(lambda g: g.gate_norm.add_norm.norm.bias),
+        }
+
+    def _table_consts(self, tft: TemporalFusionTransformer) -> dict[str, torch.Tensor]:
+        """GRN outputs of the variables with few values, by the TFT's own modules.
+
+        ``relative_time_idx`` (one value per step: a (T, 1, H) table) and the label
+        channels (values 0..3: a (7 * 4, H) table).
+        """
+        vsn = tft.encoder_variable_selection
+        names = list(vsn.input_sizes)
+        rel = torch.arange(-self.steps, 0, dtype=torch.float32).view(-1, 1) / self.steps
+        rel_out = vsn.single_variable_grns[names[0]](vsn.prescalers[names[0]](rel))
+        values = torch.arange(N_LABEL_VALUES, dtype=torch.float32).view(-1, 1)
+        labels = [
+            vsn.single_variable_grns[n](vsn.prescalers[n](values)) for n in names[1 + self.n_cont :]
+        ]
+        return {"rel_table": rel_out.unsqueeze(1), "label_table": torch.cat(labels)}
+
+    def _temporal_consts(self, tft: TemporalFusionTransformer) -> dict[str, torch.Tensor]:
+        """LSTM initial state and decoder input, post-LSTM gate, static enrichment."""
+        hidden = self.hidden
+        static = torch.zeros(1, hidden)
+        layers = int(tft.hparams.lstm_layers)
+        ctx_vs = tft.static_context_variable_selection(static)
+        dec, _ = tft.decoder_variable_selection(
+            {"relative_time_idx": torch.zeros(1, 1, 1)}, ctx_vs.unsqueeze(1)
+        )
+        se = tft.static_enrichment
+        se_ctx = se.context(tft.static_context_enrichment(static))[0]
+        se_w, se_b = _fc2_glu(se)
+        gate = tft.post_lstm_gate_encoder.fc
+        return {
+            "h0": tft.static_context_initial_hidden_lstm(static).expand(layers, 1, hidden),
+            "c0": tft.static_context_initial_cell_lstm(static).expand(layers, 1, hidden),
+            "dec_in": dec.reshape(1, 1, hidden),
+            "post_w": _f64(gate.weight).T,
+            "post_b": _f64(gate.bias),
+            **self._norm("post", tft.post_lstm_add_norm_encoder.norm),
+            "se_fc1_w": _f64(se.fc1.weight).T,
+            "se_fc1_b": _f64(se.fc1.bias) + _f64(se_ctx),
+            "se_glu_w": se_w,
+            "se_glu_b": se_b,
+            **self._norm("se", se.gate_norm.add_norm.norm),
+        }
+
+    def _attention_consts(self, tft: TemporalFusionTransformer) -> dict[str, torch.Tensor]:
+        """Attention of the decoder step and the layers after it.
+
+        Head ``h``'s score of step ``t`` is ``q Wq_h (k_t Wk_h)^T / sqrt(d_k)`` up to terms
+        that do not depend on ``t`` (which the softmax over ``t`` cancels): ``k_t`` times a
+        query vector ``q M_h + m_h``, all heads' ``M_h`` side by side. The value
+        projection, ``w_h`` and the gate's linear layer compose into one map, since the
+        averaged attention weights sum to one.
+        """
+        mha = tft.multihead_attn
+        root = math.sqrt(float(mha.d_k))
+        wk = [_f64(k.weight) for k in mha.k_layers]
+        query = [_f64(q.weight).T @ k / root for q, k in zip(mha.q_layers, wk, strict=True)]
+        query_b = [_f64(q.bias) @ k / root for q, k in zip(mha.q_layers, wk, strict=True)]
+        pa = tft.post_attn_gate_norm.glu.fc
+        out = _f64(mha.w_h.weight).T @ _f64(pa.weight).T  # (d_v, 2H)
+        ff = tft.pos_wise_ff
+        ff_w, ff_b = _fc2_glu(ff)
+        po = tft.pre_output_gate_norm.glu.fc
+        scale = float(tft.correction_scale)
+        return {
+            "att_q": torch.cat(query, dim=1),
+            "att_qb": torch.cat(query_b),
+            "att_w": _f64(mha.v_layer.weight).T @ out,
+            "att_b": _f64(mha.v_layer.bias) @ out + _f64(pa.bias),
+            **self._norm("pa", tft.post_attn_gate_norm.add_norm.norm),
+            "ff_fc1_w": _f64(ff.fc1.weight).T,
+            "ff_fc1_b": _f64(ff.fc1.bias),
+            "ff_glu_w": ff_w,
+            "ff_glu_b": ff_b,
+            **self._norm("ff", ff.gate_norm.add_norm.norm),
+            "po_w": _f64(po.weight).T,
+            "po_b": _f64(po.bias),
+            **self._norm("po", tft.pre_output_gate_norm.add_norm.norm),
+            "w_out": _f64(tft.output_layer.weight).T * scale,
+            "b_out": _f64(tft.output_layer.bias) * scale,
+            "log_transition": _f64(tft.log_transition),
+        }
 
     def _buf(self, name: str) -> torch.Tensor:
         value: torch.Tensor = getattr(self, name)
         return value
 
-    def _grns(self, emb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Variable GRNs ``lo:hi`` of prescaled inputs ``emb`` (hi - lo, N, width): (.., N, H)."""
+    def _ln(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        g, b = self._buf(f"{key}_ln_g"), self._buf(f"{key}_ln_b")
+        return F.layer_norm(x, (g.shape[0],), g, b, eps=self.eps[key])
+
+    def _selection_weights(self, flat: torch.Tensor) -> torch.Tensor:
+        """Variable selection weights of rows ``flat`` (N, V): (V, N, 1)."""
+        b = self._buf
+        first, res = (flat @ b("vs_w") + b("vs_b")).split([self.vs_hidden, self.n_vars], -1)
+        gated = F.glu(F.elu(first) @ b("vs_glu_w") + b("vs_glu_b"), dim=-1)
+        selection = self._ln(gated + self._ln(res, "vs_rn"), "vs_an")
+        return torch.softmax(selection, dim=-1).T.unsqueeze(-1)
+
+    def _feature_grns(self, x: torch.Tensor) -> torch.Tensor:
+        """The 15 feature GRNs of values ``x`` (F, N, 1): (F, N, H)."""
         b, hidden = self._buf, self.hidden
+        r = torch.rsqrt((x * b("var_qa") + b("var_qb")) * x + b("var_qc"))
+        terms = torch.cat([x, x * r, r, torch.ones_like(x)], dim=-1)  # (F, N, 4)
+        first, skip = (terms @ b("var_in")).split([self.width + 1, hidden], dim=-1)
+        elu_1 = torch.relu(first) + torch.exp(torch.clamp(first, max=0.0))  # elu + 1
+        value, gate = (elu_1 @ b("var_glu_w")).split(hidden, dim=-1)
+        y = value * torch.sigmoid(gate) + skip
+        eps = self.eps["var"]
+        return F.layer_norm(y, (hidden,), eps=eps) * b("var_an_g") + b("var_an_b")
 
-        def w(name: str) -> torch.Tensor:
-            return b(name)[lo:hi]
-
-        skip = F.layer_norm(emb @ w("wr"), (hidden,), eps=self.eps) * w("rn_w") + w("rn_b")
-        h = F.elu(emb @ w("w1") + w("b1")) @ w("w2") + w("b2")
-        y = F.glu(h @ w("wg") + w("bg"), dim=-1) + skip
-        return F.layer_norm(y, (hidden,), eps=self.eps) * w("an_w") + w("an_b")
-
-    def _label_table(self) -> torch.Tensor:
-        """GRN outputs of the label variables for their only values 0..3: (7 * 4, H)."""
-        b = self._buf
-        lo = self.n_vars - N_CLASSES
-        values = torch.arange(N_LABEL_VALUES, dtype=torch.float32).view(1, -1, 1)
-        emb = values * b("wp")[lo:] + b("bp")[lo:]  # (7, 4, width)
-        return self._grns(emb, lo, self.n_vars).reshape(-1, self.hidden)
-
-    def _encoder_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder variable selection of ``x`` (B, T, V): (B, T, H).
-
-        The label variables take only the values 0..3 (:func:`label_channels`), so their
-        GRN outputs are looked up in a table computed once (the same function: one Gather
-        instead of seven GRNs); the other variables run their GRNs.
-        """
-        b = self._buf
-        hidden = self.hidden
-        n_cont = self.n_vars - N_CLASSES
-        xv = x.reshape(-1, self.n_vars).T.unsqueeze(-1)  # (V, B*T, 1)
-        emb = xv * b("wp") + b("bp")  # (V, N, width): the prescalers
-        y_cont = self._grns(emb[:n_cont], 0, n_cont)  # (V - 7, N, H)
-        codes = x.reshape(-1, self.n_vars)[:, n_cont:].to(torch.int64) + b("label_offsets")
-        y_lab = b("label_table")[codes].transpose(0, 1)  # (7, N, H)
-        y = torch.cat([y_cont, y_lab], dim=0)
-        flat = emb.transpose(0, 1).reshape(-1, self.n_vars * self.width)
-        selection = self.tft.encoder_variable_selection.flattened_grn(flat, b("ctx_vs"))
-        weights = torch.softmax(selection, dim=-1).T.unsqueeze(-1)  # (V, N, 1)
-        return (y * weights).sum(dim=0).reshape(-1, self.steps, hidden)
-
-    def forward(self, encoder_cont: torch.Tensor) -> torch.Tensor:
-        tft, b, steps, hidden = self.tft, self._buf, self.steps, self.hidden
+    def _encoder_embedding(self, encoder_cont: torch.Tensor) -> torch.Tensor:
+        """Encoder variable selection: (T * B, H), rows time-major."""
+        b, steps, hidden = self._buf, self.steps, self.hidden
         batch = encoder_cont.shape[0]
-        x = torch.cat([b("rel").expand(batch, steps, 1), encoder_cont], dim=-1)
-        enc = self._encoder_embedding(x)
+        xt = encoder_cont.transpose(0, 1)  # (T, B, C)
+        flat = torch.cat([b("rel").expand(steps, batch, 1), xt], dim=-1)
+        weights = self._selection_weights(flat.reshape(-1, self.n_vars))
+        xv = encoder_cont.permute(2, 1, 0).reshape(self.n_vars - 1, -1)  # (C, T * B)
+        cont, labels = xv.split([self.n_cont, N_CLASSES])
+        y_cont = self._feature_grns(cont.unsqueeze(-1))
+        y_lab = b("label_table")[labels.to(torch.int64) + b("label_offsets")]  # (7, N, H)
+        y_rel = b("rel_table").expand(steps, batch, hidden).reshape(1, -1, hidden)
+        return (torch.cat([y_rel, y_cont, y_lab]) * weights).sum(dim=0)
+
+    def _lstm(self, enc: torch.Tensor, batch: int) -> torch.Tensor:
+        """Encoder and decoder LSTMs with the gated skip: (T * B + B, H)."""
+        b, hidden = self._buf, self.hidden
         state = (
             b("h0").expand(-1, batch, -1).contiguous(),
             b("c0").expand(-1, batch, -1).contiguous(),
         )
-        # full-length windows: the plain LSTM equals pytorch-forecasting's packed one
-        enc_out, state = nn.LSTM.forward(tft.lstm_encoder, enc, state)
-        dec = b("dec_emb").expand(batch, 1, hidden)
-        dec_out, _ = nn.LSTM.forward(tft.lstm_decoder, dec, state)
-        lstm_enc = tft.post_lstm_add_norm_encoder(tft.post_lstm_gate_encoder(enc_out), enc)
-        lstm_dec = tft.post_lstm_add_norm_decoder(tft.post_lstm_gate_decoder(dec_out), dec)
-        lstm_output = torch.cat([lstm_enc, lstm_dec], dim=1)
-        attn_input = tft.static_enrichment(lstm_output, b("ctx_enrich"))
-        query, keys = attn_input[:, steps:], attn_input[:, :steps]
-        heads, d_k = self.n_head, self.d_k
-        q = (query @ b("wq") + b("bq")).reshape(-1, 1, heads, d_k).transpose(1, 2)
-        k = (keys @ b("wk") + b("bk")).reshape(-1, steps, heads, d_k).permute(0, 2, 3, 1)
-        scores = torch.softmax(q @ k / math.sqrt(d_k), dim=-1).mean(dim=1)  # (B, 1, T)
-        mha = tft.multihead_attn
-        attn_out = tft.post_attn_gate_norm(mha.w_h(scores @ mha.v_layer(keys)), query)
-        out = tft.pre_output_gate_norm(tft.pos_wise_ff(attn_out), lstm_dec)
+        enc_out, state = self.lstm_encoder(enc.reshape(self.steps, batch, hidden), state)
+        dec = b("dec_in").expand(1, batch, hidden)
+        dec_out, _ = self.lstm_decoder(dec, state)
+        out = torch.cat([enc_out, dec_out]).reshape(-1, hidden)
+        skip = torch.cat([enc, dec.reshape(-1, hidden)])
+        return self._ln(F.glu(out @ b("post_w") + b("post_b"), dim=-1) + skip, "post")
+
+    def _decoder_step(self, lstm_out: torch.Tensor, batch: int) -> torch.Tensor:
+        """Static enrichment, attention of the decoder step and the layers after it: (B, H)."""
+        b, steps, hidden = self._buf, self.steps, self.hidden
+        h = F.elu(lstm_out @ b("se_fc1_w") + b("se_fc1_b")) @ b("se_glu_w") + b("se_glu_b")
+        enriched = self._ln(F.glu(h, dim=-1) + lstm_out, "se").reshape(steps + 1, batch, hidden)
+        keys, query = enriched.split([steps, 1])
+        query = query.reshape(-1, hidden)
+        q = (query @ b("att_q") + b("att_qb")).reshape(1, -1, self.n_head, hidden)
+        scores = (keys.unsqueeze(2) * q).sum(dim=-1)  # (T, B, heads)
+        attention = torch.softmax(scores, dim=0).mean(dim=-1, keepdim=True)  # (T, B, 1)
+        context = (attention * keys).sum(dim=0)  # (B, H)
+        x = self._ln(F.glu(context @ b("att_w") + b("att_b"), dim=-1) + query, "pa")
+        h = F.elu(x @ b("ff_fc1_w") + b("ff_fc1_b")) @ b("ff_glu_w") + b("ff_glu_b")
+        x = self._ln(F.glu(h, dim=-1) + x, "ff")
+        lstm_dec = lstm_out.reshape(steps + 1, batch, hidden)[steps]
+        return self._ln(F.glu(x @ b("po_w") + b("po_b"), dim=-1) + lstm_dec, "po")
+
+    def forward(self, encoder_cont: torch.Tensor) -> torch.Tensor:
+        b = self._buf
+        batch = encoder_cont.shape[0]
+        enc = self._encoder_embedding(encoder_cont)
+        out = self._decoder_step(self._lstm(enc, batch), batch)
         # RegimeTFT's persistence prior: the log transition row of the last bar's pending
         # label (its label channels >= 2)
-        pending = (encoder_cont[:, -1, self.label_lo :] >= PENDING_WEIGHT - 0.5).to(
-            encoder_cont.dtype
-        )
-        prior = pending @ b("log_transition")
-        correction = out[:, 0, :] @ b("w_out") + b("b_out")
-        return torch.softmax(correction + prior, dim=-1)
+        last = encoder_cont[:, -1, self.label_lo :]
+        pending = (last >= PENDING_WEIGHT - 0.5).to(encoder_cont.dtype)
+        logits = out @ b("w_out") + b("b_out") + pending @ b("log_transition")
+        return torch.softmax(logits, dim=-1)
 
 
-def _stack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(list(tensors))
+def _check_supported(tft: TemporalFusionTransformer) -> None:
+    """Refuse a TFT whose configuration :class:`LeanRegimeTFT` does not reproduce."""
+    vsn = tft.encoder_variable_selection
+    names = list(vsn.input_sizes)
+    grns = [vsn.single_variable_grns[n] for n in names]
+    steps = ENCODER_LENGTH
+    if (
+        tft.static_variables
+        or tft.hparams.x_categoricals
+        or names != list(tft.hparams.x_reals)
+        or names[0] != "relative_time_idx"
+        or tft.decoder_variables != ["relative_time_idx"]
+        or set(vsn.prescalers) != set(names)
+        or names[1:] != list(INPUT_CHANNELS)
+        or not hasattr(tft, "log_transition")
+        or not hasattr(tft, "correction_scale")
+        or len({int(s) for s in vsn.input_sizes.values()}) != 1
+        or any(not hasattr(g, "resample_norm") for g in [*grns, vsn.flattened_grn])
+        or hasattr(tft.static_enrichment, "resample_norm")
+        or hasattr(tft.pos_wise_ff, "resample_norm")
+        or tft.post_lstm_gate_decoder is not tft.post_lstm_gate_encoder
+        or tft.post_lstm_add_norm_decoder is not tft.post_lstm_add_norm_encoder
+    ):
+        raise ExportShapeError(f"{MODEL_NAME}: unexpected TFT variables {names}")
+    add_norms = [g.gate_norm.add_norm for g in grns]
+    add_norms += [vsn.flattened_grn.gate_norm.add_norm, tft.post_lstm_add_norm_encoder]
+    add_norms += [tft.static_enrichment.gate_norm.add_norm, tft.pos_wise_ff.gate_norm.add_norm]
+    add_norms += [tft.post_attn_gate_norm.add_norm, tft.pre_output_gate_norm.add_norm]
+    if any(a.trainable_add or a.input_size != a.skip_size for a in add_norms):
+        raise ExportShapeError(f"{MODEL_NAME}: trainable or resampled skip connections")
+    mask = tft.get_attention_mask(
+        encoder_lengths=torch.tensor([steps]), decoder_lengths=torch.tensor([1])
+    )
+    hides_decoder_only = torch.zeros(1, 1, steps + 1, dtype=torch.bool)
+    hides_decoder_only[..., steps:] = True
+    if not torch.equal(mask, hides_decoder_only):
+        raise ExportShapeError(f"{MODEL_NAME}: attention mask {mask.tolist()}")
+
+
+def _f64(value: torch.Tensor) -> torch.Tensor:
+    return value.detach().to(torch.float64)
+
+
+def _prescalers(vsn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every variable's prescaler ``Linear(1, width)``: weights and biases, (V, width) each."""
+    scalers = [vsn.prescalers[n] for n in vsn.input_sizes]
+    weight = torch.stack([_f64(s.weight[:, 0]) for s in scalers])
+    return weight, torch.stack([_f64(s.bias) for s in scalers])
+
+
+def _blocks(matrix: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of ``matrix`` (n * width, out) split into ``n`` blocks: (n, width, out)."""
+    return matrix.reshape(n, -1, matrix.shape[-1])
+
+
+def _fold_rows(rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Row ``v`` of ``rows`` (V, width) through block ``v`` of ``blocks`` (V, width, out)."""
+    return torch.einsum("vw,vwo->vo", rows, blocks)
+
+
+def _resample(norm: Any, size: int) -> torch.Tensor:
+    """A ResampleNorm's interpolation and trainable gate as a (size, out) matrix."""
+    matrix = _f64(norm.resample(torch.eye(size)))
+    if norm.trainable_add:
+        matrix = matrix * (torch.sigmoid(_f64(norm.mask)) * 2.0)
+    return matrix
+
+
+def _fc2_glu(grn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GRN's ``fc2`` composed with its gate's linear layer: (hidden, 2 out) and bias."""
+    fc2, glu = grn.fc2, grn.gate_norm.glu.fc
+    weight = _f64(glu.weight).T
+    return _f64(fc2.weight).T @ weight, _f64(fc2.bias) @ weight + _f64(glu.bias)
+
+
+def _plain_lstm(lstm: nn.LSTM) -> nn.LSTM:
+    """A time-major ``nn.LSTM`` with ``lstm``'s weights (full-length windows: no packing)."""
+    plain = nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers, batch_first=False)
+    plain.load_state_dict(lstm.state_dict())
+    return plain.eval()
 
 
 def onnx_bytes(model: TemporalFusionTransformer, version: str) -> bytes:
@@ -408,7 +604,8 @@ def _extra(run: SavedRun) -> dict[str, Any]:
         "regimes": [r.value for r in REGIMES],
         "predicts": "probabilities of the regime of the bar after the window's last bar",
         "architecture": {"model": "pytorch_forecasting.TemporalFusionTransformer", **TFT_HPARAMS},
-        "onnx_graph": "export.regime.LeanRegimeTFT (stacked variable GRNs, constants folded)",
+        "onnx_graph": "export.regime.LeanRegimeTFT (linear maps composed, feature GRNs stacked in"
+        " closed form, constants folded, time-major rows)",
         "training": {
             "sim_train_seeds": config.get("sim_train_seeds"),
             "sim_test_seeds": config.get("sim_test_seeds"),

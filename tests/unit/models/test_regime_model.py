@@ -232,6 +232,29 @@ def test_export_when_run_matches_pytorch_within_tolerance(untrained, windows, la
         assert np.abs(got - reference[:256]).max() < PARITY_TOLERANCE
 
 
+def test_lean_module_when_run_equals_the_tft_forward_at_extreme_inputs(
+    untrained, windows, labels
+) -> None:
+    from export.regime import LeanRegimeTFT
+
+    scaling = Scaling.fit(windows.reshape(-1, len(MARKET_FEATURES)))
+    scaled = encoder_input(scaling, windows[:64], labels[:64])
+    # features at large and tiny magnitudes: the closed-form skip LayerNorm of the feature
+    # GRNs must hold where its variance is smallest and largest
+    rng = np.random.default_rng(0)
+    feats = scaled[..., : len(MARKET_FEATURES)]
+    feats[:16] = rng.choice([-8.0, -1e-4, 0.0, 1e-4, 8.0], size=feats[:16].shape)
+    reference = torch_proba(untrained, scaled)
+    lean = LeanRegimeTFT(untrained).eval()
+    with torch.no_grad():
+        batched = lean(torch.from_numpy(scaled)).numpy()
+        single = np.concatenate(
+            [lean(torch.from_numpy(scaled[i : i + 1])).numpy() for i in range(8)]
+        )
+    assert np.abs(batched - reference).max() < 1e-5
+    assert np.abs(single - reference[:8]).max() < 1e-5
+
+
 def test_wrapper_when_fed_windows_equals_the_tft_on_training_batches(untrained) -> None:
     series = sim_series(seed=3, n_bars=200)
     warm = series.features[np.isfinite(series.features).all(axis=1)]
