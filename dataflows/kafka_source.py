@@ -1,9 +1,11 @@
 """The Kafka input: every input partition, plus idle markers that let event time advance.
 
-Each partition yields its messages and, when it has nothing new, a ``SourceIdle`` marker
-(at most every ``idle_every_ns``): live, "caught up as of this wall-clock time"; at the
-end of a bounded read, "no more data" (``END``). Markers travel the same path as the
-partition's data, after it, so downstream steps can fence on them.
+Each partition yields its messages and, when it has nothing new, a ``SourceIdle`` marker:
+live, "caught up as of this wall-clock time"; at the end of a bounded read, "no more
+data" (``END``). Markers travel the same path as the partition's data, after it, so
+downstream steps can fence on them. Live markers of one worker's partitions go out
+together, every ``idle_every_ns`` (:class:`IdleClock`): one batch that every step takes
+in one call, not one marker per partition.
 
 Optional per-partition ``start_offsets`` and ``end_offsets`` (replays of a time range) read
 ``[start, end)``: a partition ends, with ``END``, once it has read the message before
@@ -14,8 +16,9 @@ transaction marker that is never delivered). Find end offsets by consuming (see
 
 from __future__ import annotations
 
+import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -38,8 +41,41 @@ def _offset(msg: Message) -> int:
     return msg.offset() or 0
 
 
-_BACKOFF = timedelta(milliseconds=1)
-"""How long a partition whose last poll was empty waits before the next (polls don't block)."""
+_BACKOFF_NS = 1_000_000
+"""How long a partition whose last poll was empty waits before the next (polls don't block);
+it doubles with every further empty poll, up to ``_BACKOFF_MAX_NS``, and a message resets
+it. Wake-ups fall on a grid of that step, so idle partitions wake together: one worker
+activation (a pass over every step of the flow) serves them all."""
+_BACKOFF_MAX_NS = 4_000_000
+
+
+class IdleClock:
+    """The live idle markers of one worker's partitions, sent together on a shared grid.
+
+    A caught-up partition reports each empty poll; the first partition polled after a grid
+    tick (every ``every_ns``) carries every report, after its own data. A report is made
+    after the data its partition had read, on the same worker, so it still follows that
+    data down the flow. Downstream, one batch of markers is one ``Progress`` per lane
+    instead of one per partition (a worker holds 20 input partitions by default).
+    """
+
+    def __init__(self, every_ns: int) -> None:
+        self.every_ns = max(1, every_ns)
+        self._next = 0
+        self._reports: dict[tuple[str, int], int] = {}
+
+    def report(self, topic: str, partition: int, polled_ns: int) -> None:
+        """``partition`` of ``topic`` had nothing new at ``polled_ns``."""
+        self._reports[(topic, partition)] = polled_ns
+
+    def due(self, now_ns: int) -> list[SourceIdle]:
+        """The markers to send now (none before the next grid tick)."""
+        if now_ns < self._next or not self._reports:
+            return []
+        self._next = (now_ns // self.every_ns + 1) * self.every_ns
+        markers = [SourceIdle(t, p, ts) for (t, p), ts in self._reports.items()]
+        self._reports.clear()
+        return markers
 
 
 def _part_name(topic: str, partition: int) -> str:
@@ -70,7 +106,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
         offset: int,
         batch_size: int,
         tail: bool,
-        idle_every_ns: int,
+        clock: IdleClock,
         end: int | None = None,
     ) -> None:
         self._consumer = Consumer(config)
@@ -79,8 +115,8 @@ class _Partition(StatefulSourcePartition[Any, int]):
         self._offset = offset
         self._batch_size = batch_size
         self._tail = tail and end is None
-        self._idle_every_ns = idle_every_ns
-        self._next_idle = 0
+        self._clock = clock
+        self._backoff_ns = _BACKOFF_NS
         self._live = False
         self._next_lag = 0.0
         self._end = end
@@ -128,8 +164,7 @@ class _Partition(StatefulSourcePartition[Any, int]):
             return self._finish([])
         polled_ns = time.time_ns()
         msgs = self._consumer.consume(self._batch_size, 0)
-        # nothing there: let the worker run its other steps (or sleep) for a while
-        self._awake = None if msgs else datetime.now(UTC) + _BACKOFF
+        self._pause(bool(msgs), polled_ns)
         good, finished = self._usable(msgs)
         batch: list[Any] = []
         if good:
@@ -137,11 +172,21 @@ class _Partition(StatefulSourcePartition[Any, int]):
             self._offset = _offset(good[-1]) + 1
         if finished or (end is not None and self._offset >= end):
             return self._finish(batch)
-        if not batch and self._tail and polled_ns >= self._next_idle and self._caught_up():
-            self._next_idle = polled_ns + self._idle_every_ns
+        if not batch and self._tail and self._caught_up():
             # nothing in the poll: caught up as of the poll
-            batch.append(SourceIdle(self._topic, self._partition, polled_ns))
+            self._clock.report(self._topic, self._partition, polled_ns)
+        if self._tail:
+            batch.extend(self._clock.due(polled_ns))
         return batch
+
+    def _pause(self, got: bool, polled_ns: int) -> None:
+        """Nothing there: let the worker run its other steps (or sleep) for a while."""
+        if got:
+            self._awake, self._backoff_ns = None, _BACKOFF_NS
+            return
+        step = self._backoff_ns
+        self._awake = datetime.fromtimestamp((polled_ns // step + 1) * step / 1e9, UTC)
+        self._backoff_ns = min(step * 2, _BACKOFF_MAX_NS)
 
     def _usable(self, msgs: list[Message]) -> tuple[list[Message], bool]:
         """The data messages before the end offset, and whether the partition is finished."""
@@ -217,6 +262,8 @@ class RiskSource(FixedPartitionedSource[Any, int]):
         self.idle_every_ns = idle_every_ns
         self.start_offsets = dict(start_offsets or {})
         self.end_offsets = dict(end_offsets or {})
+        self._clocks: dict[int, IdleClock] = {}
+        self._clocks_lock = threading.Lock()
         if self.end_offsets:
             self.config["enable.partition.eof"] = True
 
@@ -234,6 +281,11 @@ class RiskSource(FixedPartitionedSource[Any, int]):
             offset,
             self.batch_size,
             self.tail,
-            self.idle_every_ns,
+            self._clock(),
             self.end_offsets.get(part),
         )
+
+    def _clock(self) -> IdleClock:
+        """The calling worker's idle clock (a worker builds and polls its partitions)."""
+        with self._clocks_lock:
+            return self._clocks.setdefault(threading.get_ident(), IdleClock(self.idle_every_ns))

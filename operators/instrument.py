@@ -156,11 +156,13 @@ class InstrumentShard:
         if not parts:
             return None
         least = END_OF_TIME
-        for part in parts:
+        for part in parts:  # on every batch of every shard: plain comparisons
             data, idle = self.proposed.get(part), self.idle.get(part)
-            if data is None and idle is None:
+            high = data if idle is None or (data is not None and data >= idle) else idle
+            if high is None:
                 return None
-            least = min(least, max(x for x in (data, idle) if x is not None))
+            if high < least:
+                least = high
         return least
 
 
@@ -230,7 +232,8 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
             ist.pending.sort(key=attrgetter("as_of_ns"))
         if not hasattr(self.state, "referenced"):  # snapshots of older versions
             self.state.referenced = {}
-        self.frontier = self.state.frontier(config.proposal_parts)
+        self._frontier = self.state.frontier(config.proposal_parts)
+        self._frontier_moved = False
         self.reference_through = self.state.reference_through(config.reference_parts)
 
     def instrument(self, instrument_id: str) -> InstrumentState:
@@ -310,8 +313,16 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
             before = self.reference_through
             self.reference_through = self.state.reference_through(self.config.reference_parts)
             return self.reference_through != before
-        self.frontier = self.state.frontier(self.config.proposal_parts)
+        self._frontier_moved = True  # worked out when next needed: a batch has many
         return False
+
+    @property
+    def frontier(self) -> int | None:
+        """The proposals' frontier (see :meth:`InstrumentShard.frontier`)."""
+        if self._frontier_moved:
+            self._frontier = self.state.frontier(self.config.proposal_parts)
+            self._frontier_moved = False
+        return self._frontier
 
     def _pending(self, ist: InstrumentState, item: Inbound) -> Pending:
         """A proposal to price: as of its ts_event, or of its partition's progress if late.
@@ -340,9 +351,10 @@ class InstrumentLogic(StatefulBatchLogic[InstrumentIn, InstrumentOut, bytes]):
             elif code in (RUN_LATE, RUN_INVALID):
                 out.append(self._rejected(ist, batch, i, code))
                 i += 1
-        if self.frontier is not None:
-            through = ist.pending[0].as_of_ns if ist.pending else self.frontier
-            ist.evict(min(through, self.frontier), self.config.lateness_ns)
+        frontier = self.frontier
+        if frontier is not None:
+            through = ist.pending[0].as_of_ns if ist.pending else frontier
+            ist.evict(min(through, frontier), self.config.lateness_ns)
         return out
 
     def _rejected(

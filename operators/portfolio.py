@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache, lru_cache
 from itertools import repeat
 from typing import TypeVar
 
@@ -56,14 +57,16 @@ ShardIn = PricedProposal | Mark | Inbound | Progress | RegimeUpdate | VolForecas
 ShardOut = Decided | StateWrite | DeadLetterItem | AutoControl
 
 
+@lru_cache(maxsize=1 << 16)
 def shard_key(portfolio_id: str, shards: int) -> str:
     """The shard a portfolio lives in (a stable hash, the same in every process)."""
     return f"shard-{zlib.crc32(portfolio_id.encode()) % shards:03d}"
 
 
-def all_shard_keys(shards: int) -> list[str]:
+@cache
+def all_shard_keys(shards: int) -> tuple[str, ...]:
     """Every shard key, for broadcasts."""
-    return [f"shard-{i:03d}" for i in range(shards)]
+    return tuple(f"shard-{i:03d}" for i in range(shards))
 
 
 class TimeLog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from functools import cache, lru_cache
 from typing import TypeGuard, TypeVar
 
 from operators import metrics
@@ -55,14 +56,16 @@ def is_reference(item: Inbound | Progress | TickBatch) -> bool:
 InstrumentIn = Inbound | TickBatch | Progress
 
 
+@lru_cache(maxsize=1 << 16)
 def instrument_shard_key(instrument_id: str, shards: int) -> str:
     """The instrument shard of an instrument: CRC-32, the same in every process."""
     return f"instrument-{zlib.crc32(instrument_id.encode()) % shards:03d}"
 
 
-def all_instrument_keys(shards: int) -> list[str]:
+@cache
+def all_instrument_keys(shards: int) -> tuple[str, ...]:
     """Every instrument shard key."""
-    return [f"instrument-{i:03d}" for i in range(shards)]
+    return tuple(f"instrument-{i:03d}" for i in range(shards))
 
 
 def to_instruments(

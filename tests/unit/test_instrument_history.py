@@ -415,7 +415,7 @@ def test_parse_batch_when_proposal_partition_idle_reports_idle_progress():
 
 
 def test_to_instruments_broadcasts_proposal_and_reference_progress_and_keys_the_rest_by_crc32():
-    keys = all_instrument_keys(16)
+    keys = list(all_instrument_keys(16))
     item = progress(0, T0)
     reference = Progress("Instrument", (("reference.instruments", 0, T0),))
 
