@@ -570,11 +570,12 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         ts = p["ts_event"]
         book = self.state.books.get(p["portfolio_id"]) or Book(self.config.portfolio_capital)
         limits = self.state.limits_as_of(self.config.limits, p["portfolio_id"], ts)
-        context = self._context(p, ts, priced.orders_in_window)
+        view = self.state.book_view(book, priced)
+        context = self._context(p, ts, priced.orders_in_window, view.exposures)
         record = decide(
             p,
             priced.market,
-            self.state.book_view(book, priced),
+            view,
             self.state.trading_state(p["portfolio_id"], p["instrument_id"], ts),
             limits,
             self.config,
@@ -592,8 +593,12 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
         )
         return Decided(record, priced.received_ns)
 
-    def _context(self, p: Record, ts: int, orders: int) -> RiskContext:
-        """Covariance, regime and volatility forecasts as of ``ts``."""
+    def _context(self, p: Record, ts: int, orders: int, held: Iterable[str]) -> RiskContext:
+        """Covariance, regime and volatility forecasts as of ``ts``.
+
+        Forecasts are those of the proposal's instrument and of the instruments ``held``
+        in the book as of ``ts`` (not of fills stamped later, whatever the arrival order).
+        """
         st = self.state
         regime = st.regimes.as_of(ts)
         versions: dict[str, str] = {}
@@ -606,7 +611,7 @@ class ShardLogic(StatefulBatchLogic[ShardIn, ShardOut, bytes]):
                 versions["regime_tft"] = regime.version
         day = math.sqrt(self.config.bars_per_day or 1.0)
         vols = {}
-        for inst in st.books[p["portfolio_id"]].positions if p["portfolio_id"] in st.books else ():
+        for inst in held:
             if (f := st.forecast_as_of(inst, ts)) is not None and math.isfinite(f.sigma):
                 vols[inst] = f.sigma * day
                 versions["vol_nbeats"] = f.version

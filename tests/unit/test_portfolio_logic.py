@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from operators.config import EngineConfig, Limits
+from operators.market import VolForecast
 from operators.portfolio import Book, ShardLogic, ShardState, TimeLog, all_shard_keys, shard_key
 from operators.records import (
     END_OF_TIME,
@@ -328,6 +329,19 @@ def test_decide_when_fill_is_later_than_proposal_ignores_it():
 
     # as of T0+1s the book is flat: 10,000 x 100 = 10% of 10m
     assert record["decision"] == "APPROVE"
+
+
+def test_decide_when_a_later_fill_is_already_booked_uses_forecasts_of_the_book_as_of_ts():
+    lg = shard()
+    msft = VolForecast("MSFT", T0, vol=0.01, lo=0.005, hi=0.02, version="nb-1", sigma=0.01)
+    feed(lg, msft, fill(instrument_id="MSFT", side="BUY", quantity=100.0, ts_event=T0 + 5 * SECOND))
+
+    before = decided(feed(lg, ask(instrument_id="AAPL", ts_event=T0 + SECOND)))
+    after = decided(feed(lg, ask(instrument_id="AAPL", ts_event=T0 + 6 * SECOND)))
+
+    # as of T0+1s nothing is held and AAPL has no forecast; as of T0+6s MSFT is held
+    assert "vol_nbeats" not in before["model_versions"]
+    assert after["model_versions"]["vol_nbeats"] == "nb-1"
 
 
 def late_inputs(kind: str) -> float:
