@@ -2,7 +2,7 @@
 
 * ``/metrics``: the Prometheus exposition (``prometheus_client``).
 * ``/healthz`` (liveness): 200 while every dataflow worker keeps looping. Each worker runs a
-  :class:`HeartbeatSource` partition that beats about once a second from inside the
+  :class:`HeartbeatSource` partition that beats every 50 ms from inside the
   Bytewax worker loop; a worker stuck in a step stops beating, and after
   ``RISKSTREAM_LIVENESS_TIMEOUT_S`` the answer is 503. Before the first beat it is 503
   (``starting``): start-up probes cover that time.
@@ -110,6 +110,12 @@ class Health:
 
 # ------------------------------------------------------------------------ heartbeat source
 
+BEAT_EVERY_S = 0.05
+"""How often a worker beats. Often, though liveness needs far less: each input partition
+has its own Bytewax epoch clock, advanced only when it is polled, and every partition
+waits at an epoch boundary for the slowest one, so a heartbeat polled once a second held
+the Kafka partitions up by up to a second at every boundary (with recovery's 5 s epochs)."""
+
 
 class _HeartbeatPartition(StatelessSourcePartition[None]):
     def __init__(self, health: Health, worker: int, stop: threading.Event, every_s: float):
@@ -134,7 +140,9 @@ class HeartbeatSource(DynamicSource[None]):
     It ends when ``stop`` is set, so it never keeps a stopping flow alive.
     """
 
-    def __init__(self, health: Health, stop: threading.Event, every_s: float = 1.0) -> None:
+    def __init__(
+        self, health: Health, stop: threading.Event, every_s: float = BEAT_EVERY_S
+    ) -> None:
         self.health = health
         self.stop = stop
         self.every_s = every_s
@@ -154,7 +162,7 @@ class _DiscardSink(DynamicSink[None]):
 
 
 def add_heartbeat(
-    flow: Dataflow, health: Health, stop: threading.Event, every_s: float = 1.0
+    flow: Dataflow, health: Health, stop: threading.Event, every_s: float = BEAT_EVERY_S
 ) -> None:
     """Beat ``health`` from every worker of ``flow`` until ``stop`` is set.
 

@@ -140,6 +140,8 @@ class Book:
     quantity), sorted by time."""
     current: tuple[float, dict[str, float]] | None = field(default=None, repr=False, compare=False)
     """Cash and positions now, once asked for (``apply`` forgets them)."""
+    unit_cash_before: dict[str, float] = field(default_factory=dict)
+    """Per instrument, the cash per unit of its last fill forgotten by ``trim``."""
 
     def __post_init__(self) -> None:
         if not self.cash_parts:
@@ -192,7 +194,14 @@ class Book:
         for f in reversed(self.fills[: self._cut(ts)]):
             if f[2] == instrument_id:
                 return f[5]
-        return 0.0
+        return self.unit_cash_before.get(instrument_id, 0.0)
+
+    def trim(self, cut: int) -> None:
+        """Forget the fills before ``cut``: ``as_of(ts)`` for ``ts >= cut`` never undoes them."""
+        end = bisect.bisect_left(self.fills, (cut,))
+        for f in self.fills[:end]:
+            self.unit_cash_before[f[2]] = f[5]
+        del self.fills[:end]
 
     def _cut(self, ts: int) -> int:
         return bisect.bisect_left(self.fills, (ts + 1,))
@@ -324,7 +333,10 @@ class ShardState:
         for forecasts in self.vol_forecasts.values():
             trim_history(forecasts, cut, lambda f: f.ts_event)
         trim_history(self.models, cut, lambda m: m[0])
-        self.regimes.trim(cut)
+        for log in (self.regimes, *self.states.values(), *self.limits.values()):
+            log.trim(cut)
+        for book in self.books.values():
+            book.trim(cut)
 
     def model_as_of(self, ts: int) -> EwmaCovariance | None:
         """The covariance model after the last bar that ended at or before ``ts``."""

@@ -12,7 +12,15 @@ import pytest
 
 from operators.config import EngineConfig, Limits
 from operators.market import VolForecast
-from operators.portfolio import Book, ShardLogic, ShardState, TimeLog, all_shard_keys, shard_key
+from operators.portfolio import (
+    HISTORY_BARS,
+    Book,
+    ShardLogic,
+    ShardState,
+    TimeLog,
+    all_shard_keys,
+    shard_key,
+)
 from operators.records import (
     END_OF_TIME,
     DeadLetterItem,
@@ -140,6 +148,28 @@ def test_book_as_of_when_read_before_and_after_a_fill_gives_the_book_after_it():
     assert book.as_of(T0 + 3 * SECOND) == (pytest.approx(cash), {"AAPL": 70.0})
 
 
+@pytest.mark.parametrize("cut", [T0, T0 + SECOND, T0 + 2 * SECOND + 1, T0 + 3 * SECOND])
+def test_book_trim_when_fills_before_cut_forgotten_keeps_every_as_of_from_cut(cut):
+    whole, trimmed = _book(), _book()
+
+    trimmed.trim(cut)
+
+    assert all(f[0] >= cut for f in trimmed.fills)
+    for ts in (cut, cut + 1, T0 + 3 * SECOND, T0 + 3600 * SECOND):
+        assert trimmed.as_of(ts) == whole.as_of(ts)
+        assert trimmed.last_fill_value("AAPL", ts) == whole.last_fill_value("AAPL", ts)
+
+
+def test_book_trim_when_every_fill_forgotten_last_fill_value_is_the_last_one():
+    book = _book()
+
+    book.trim(T0 + 3600 * SECOND)
+
+    assert book.fills == []
+    assert book.last_fill_value("AAPL", T0 + 3600 * SECOND) == pytest.approx(110.0)
+    assert book.as_of(T0 + 3600 * SECOND) == (pytest.approx(CAPITAL - 6_650.0), {"AAPL": 70.0})
+
+
 # --- TimeLog ------------------------------------------------------------------------------------
 
 _LOG = [
@@ -172,6 +202,20 @@ def test_timelog_add_when_a_key_comes_again_keeps_one_entry():
         log.add(T0, "c1", "REDUCE_ONLY")
 
     assert log.keys == [(T0, "c1")] and log.values == ["REDUCE_ONLY"]
+
+
+@pytest.mark.parametrize("cut", [T0 - 1, T0, T0 + SECOND, T0 + 3 * SECOND, T0 + 9 * SECOND])
+def test_timelog_trim_when_cut_keeps_every_as_of_from_cut(cut):
+    whole, trimmed = TimeLog(), TimeLog()
+    for log in (whole, trimmed):
+        for ts, tiebreak, value in _LOG:
+            log.add(ts, tiebreak, value)
+
+    trimmed.trim(cut)
+
+    assert len(trimmed.keys) <= len(whole.keys)
+    for ts in (cut, cut + 1, T0 + 5 * SECOND, T0 + 60 * SECOND):
+        assert trimmed.as_of(ts, "none") == whole.as_of(ts, "none")
 
 
 def test_timelog_as_of_when_tiebreak_is_any_string_includes_entries_at_ts():
@@ -415,6 +459,26 @@ def test_book_view_when_mark_known_values_holdings_at_mark_as_of_ts():
     assert view.value == pytest.approx(CAPITAL - 10_000.0 + 12_000.0)
     assert view.exposures == {"MSFT": (pytest.approx(12_000.0), 0.02)}
     assert view.position == 0.0
+
+
+def test_shard_trim_when_market_runs_far_ahead_forgets_old_fills_and_commands_not_their_effect():
+    lg = shard()
+    feed(
+        lg,
+        cmd(action="HALT", scope="PORTFOLIO", target="PF-1", ts_event=T0),
+        cmd(action="RESUME", scope="PORTFOLIO", target="PF-1", ts_event=T0 + SECOND),
+        fill(execution_id="E1", quantity=100.0, price=100.0, ts_event=T0),
+        fill(execution_id="E2", quantity=50.0, price=110.0, ts_event=T0 + SECOND),
+    )
+    late = T0 + (HISTORY_BARS + 5) * SECOND
+    feed(lg, Mark("AAPL", late, 120.0, 0.02))  # history older than HISTORY_BARS bars goes
+
+    book = lg.state.books["PF-1"]
+    assert book.fills == []
+    assert lg.state.states[("PORTFOLIO", "PF-1")].values == ["ACTIVE"]
+    assert book.as_of(late) == (pytest.approx(CAPITAL - 15_500.0), {"AAPL": 150.0})
+    assert book.last_fill_value("AAPL", late) == pytest.approx(110.0)
+    assert lg.state.trading_state("PF-1", "AAPL", late) == "ACTIVE"
 
 
 # --- dedupe -------------------------------------------------------------------------------------
