@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -10,14 +11,23 @@ from typing import Any, Generic, TypeVar, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dataflows.settings import Settings
+from operators import metrics
 from operators.errors import InfrastructureError
 from schemas.codec import Codec
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -84,7 +94,19 @@ def ensure_topics(settings: Settings, topics: Iterable[str], timeout: float = 10
 class _RecordSinkPartition(StatelessSinkPartition[T]):
     def __init__(self, sink: RecordSink[T]) -> None:
         self._sink = sink
-        self._producer = Producer(sink.config)
+        self._producer = Producer(sink.config | {"on_delivery": self._delivered})
+        self._failed = 0
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        """Count and log a record the broker never acknowledged (librdkafka gave up)."""
+        if err is None:
+            return
+        self._failed += 1
+        metrics.OUTPUT_FAILURES.labels(self._sink.topic, err.name()).inc()
+        if self._failed == 1 or self._failed % 1000 == 0:
+            log.error(
+                "%d record(s) to %s not delivered, last: %s", self._failed, self._sink.topic, err
+            )
 
     def write_batch(self, items: list[T]) -> None:
         s = self._sink
@@ -95,6 +117,11 @@ class _RecordSinkPartition(StatelessSinkPartition[T]):
             self._producer.poll(0)
         if s.flush_each_batch:
             self._producer.flush()
+            if self._failed:  # a snapshot must not cover them: stop, recovery resends them
+                raise InfrastructureError(
+                    f"{self._failed} record(s) to {s.topic} were not delivered; stopping so"
+                    " that recovery replays them from the last snapshot"
+                )
         if s.on_written is not None:
             s.on_written(items)
 

@@ -22,6 +22,11 @@ STATE_WRITE_FAILURES = Counter(
     "riskstream_redis_write_failures_total", "Redis state writes that failed (retried later)."
 )
 STATE_WRITES = Counter("riskstream_redis_writes_total", "Redis state keys written.")
+OUTPUT_FAILURES = Counter(
+    "riskstream_output_failures_total",
+    "Records the broker never acknowledged (librdkafka gave up), by topic and error.",
+    ["topic", "error"],
+)
 LATE_INPUTS = Counter(
     "riskstream_late_inputs_total",
     "Executions and controls that arrived after a later proposal was decided (applied anyway).",
